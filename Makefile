@@ -1,0 +1,49 @@
+# pixelwatch — every target sets up what it needs (virtual environment, dependencies, broker).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pixelwatch needs Python 3.11+")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "installing pixelwatch with the train and dev extras (torch is large; pip caches it)…"
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	@touch $@
+
+venv: $(STAMP) ## create .venv and install pixelwatch with all extras
+
+prereqs: ## check (and on Debian as root, install) Java 17+ and Maven for the local Kafka broker
+	@bash deploy/prereqs.sh
+
+demo: venv prereqs ## live demo: local Kafka, train the seed model, stream images, show anomalies
+	$(BIN)/pixelwatch demo
+
+lint: venv ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv ## mypy (strict)
+	$(BIN)/mypy
+
+test: venv prereqs lint typecheck ## every test, lint and type check (starts its own Kafka broker)
+	$(BIN)/python -m pytest
+
+broker: venv prereqs ## run a local Kafka broker on port 9092 until Ctrl-C
+	$(BIN)/pixelwatch broker
+
+schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
+	$(BIN)/python -m service.schemas deploy/schemas
+
+clean: ## remove generated models, caches and local broker data (keeps .venv)
+	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help venv prereqs demo lint typecheck test broker schemas clean

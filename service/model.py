@@ -1,0 +1,191 @@
+"""Loading an exported scoring graph and scoring batches with onnxruntime.
+
+The graph takes `pixels` float32 [batch, width*height] and returns `reconstruction` plus one
+similarity per metric; its `metadata_props` carry a `ModelMetadata`. This module is the only
+place the runtime touches onnxruntime, and calibration at export time uses it too.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import ModelError
+from service.images import ImageShape, Pixels
+from service.similarity import METRICS, MetricName
+
+FORMAT_VERSION: Final = 1
+METADATA_PREFIX: Final = "pixelwatch."
+INPUT_NAME: Final = "pixels"
+RECONSTRUCTION: Final = "reconstruction"
+
+Mode = Literal["binary", "gray"]
+Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ModelMetadata(BaseModel):
+    """What a scoring graph must say about itself before the runtime will use it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    mode: Mode
+    metric: MetricName
+    threshold: Unit
+    training_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    pixelwatch_version: str
+    created_at: datetime
+    final_loss: float = Field(ge=0.0)
+    arch: str = "dense"
+    arch_params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("format_version")
+    @classmethod
+    def _supported(cls, value: int) -> int:
+        if value != FORMAT_VERSION:
+            raise ValueError(
+                f"format version {value} is not supported (this build reads {FORMAT_VERSION})"
+            )
+        return value
+
+    @property
+    def shape(self) -> ImageShape:
+        return ImageShape(self.width, self.height)
+
+    def to_props(self) -> dict[str, str]:
+        """Flat string properties for ONNX `metadata_props`."""
+        props: dict[str, str] = {}
+        for key, value in self.model_dump(mode="json").items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            props[METADATA_PREFIX + key] = text
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str) -> "ModelMetadata":
+        ours = {
+            k[len(METADATA_PREFIX) :]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)
+        }
+        if not ours:
+            raise ModelError(f"{source}: not a pixelwatch model (no {METADATA_PREFIX}* metadata)")
+        missing = sorted(set(cls.model_fields) - set(ours) - {"arch", "arch_params"})
+        if missing:
+            raise ModelError(f"{source}: model metadata is missing {', '.join(missing)}")
+        values: dict[str, Any] = {}
+        for key, text in ours.items():
+            try:
+                values[key] = json.loads(text) if key in {"arch_params"} else text
+            except json.JSONDecodeError:
+                raise ModelError(f"{source}: metadata {key} is not valid JSON") from None
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "metadata"
+            raise ModelError(f"{source}: metadata {field}: {first['msg']}") from None
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """Scores for a batch; plain arrays, row i belongs to input i."""
+
+    reconstruction: NDArray[np.float32]
+    scores: dict[MetricName, NDArray[np.float32]]
+    metric: MetricName
+    threshold: float
+
+    @property
+    def similarity(self) -> NDArray[np.float32]:
+        return self.scores[self.metric]
+
+    @property
+    def anomaly(self) -> NDArray[np.bool_]:
+        # Strictly below: an image exactly at the threshold is normal.
+        return np.asarray(self.similarity < self.threshold)
+
+
+class Model:
+    """A validated scoring graph with one onnxruntime session, created once."""
+
+    def __init__(self, path: Path, metadata: ModelMetadata, session: ort.InferenceSession) -> None:
+        self.path = path
+        self.metadata = metadata
+        self._session = session
+
+    @property
+    def shape(self) -> ImageShape:
+        return self.metadata.shape
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @property
+    def version(self) -> str:
+        return self.metadata.created_at.strftime("%Y%m%dT%H%M%SZ")
+
+    def score(
+        self,
+        pixels: Pixels,
+        *,
+        metric: MetricName | None = None,
+        threshold: float | None = None,
+    ) -> ScoredBatch:
+        """Run the graph once for a whole batch [N, width*height]."""
+        batch = np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1, self.shape.size)
+        names = [RECONSTRUCTION, *METRICS]
+        outputs = self._session.run(names, {INPUT_NAME: batch})
+        return ScoredBatch(
+            reconstruction=np.asarray(outputs[0], dtype=np.float32),
+            scores={
+                m: np.asarray(o, dtype=np.float32)
+                for m, o in zip(METRICS, outputs[1:], strict=True)
+            },
+            metric=metric or self.metadata.metric,
+            threshold=self.metadata.threshold if threshold is None else threshold,
+        )
+
+
+def load_model(path: Path | str, *, threads: int = 1) -> Model:
+    """Open and validate a scoring graph; refuse anything the runtime could not score with."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found (train one with `pixelwatch train`)")
+    options = ort.SessionOptions()
+    # The graph is tiny: one thread per worker process avoids fighting the event loop for cores.
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a loadable ONNX model ({first_line})") from None
+    metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(path))
+    _check_signature(session, metadata, str(path))
+    return Model(path, metadata, session)
+
+
+def _check_signature(session: ort.InferenceSession, metadata: ModelMetadata, source: str) -> None:
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        raise ModelError(f"{source}: graph input must be a single '{INPUT_NAME}' tensor")
+    width = inputs[0].shape[-1]
+    if isinstance(width, int) and width != metadata.shape.size:
+        raise ModelError(
+            f"{source}: graph takes {width} pixels but metadata says {metadata.shape} "
+            f"({metadata.shape.size})"
+        )
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [n for n in (RECONSTRUCTION, *METRICS) if n not in outputs]
+    if missing:
+        raise ModelError(f"{source}: graph lacks output(s) {', '.join(missing)}")

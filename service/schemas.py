@@ -1,0 +1,111 @@
+"""Message schemas at the Kafka edges: what producers send and what the worker publishes.
+
+The JSON Schemas under deploy/schemas/ are generated from these models
+(`python -m service.schemas deploy/schemas`) and a test keeps them in sync.
+"""
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.similarity import MetricName
+
+Unit = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class ImageMessage(BaseModel):
+    """An image to score (the value of a message on the input topic; the key is optional)."""
+
+    model_config = ConfigDict(extra="forbid", title="pixelwatch image")
+
+    id: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        None, description="your identifier; defaults to 'topic:partition:offset'"
+    )
+    pixels: list[Annotated[float, Field(strict=True, allow_inf_nan=True)]] | str = Field(
+        description="width*height numbers in [0,1], row by row, or X/. art (X = 1, . = 0; "
+        "spaces ignored)"
+    )
+    ts: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="event time in epoch milliseconds; defaults to the Kafka timestamp"
+    )
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class ModelRef(BaseModel):
+    version: str
+    sha256: str
+
+
+class ScoreMessage(BaseModel):
+    """A scored image: every one goes to the scores topic, anomalies also to the anomalies topic."""
+
+    model_config = ConfigDict(extra="forbid", title="pixelwatch score")
+
+    id: str
+    anomaly: bool
+    similarity: Unit
+    metric: MetricName
+    threshold: Unit
+    scores: dict[MetricName, Unit]
+    model: ModelRef
+    pixels: list[Unit]
+    reconstruction: list[Unit]
+    source: Source
+    ts: int = Field(description="event time, epoch milliseconds (input ts or Kafka timestamp)")
+    detected_at: str = Field(description="when the worker scored it, ISO 8601 UTC")
+
+
+class DeadLetterReason(StrEnum):
+    """Why a message went to the dead-letter topic (a closed set: it is a metric label)."""
+
+    OVERSIZED = "oversized"
+    INVALID_JSON = "invalid_json"
+    SCHEMA = "schema"
+    PIXEL_COUNT = "pixel_count"
+    PIXEL_VALUE = "pixel_value"
+
+
+# A dead letter keeps the original key and value bytes untouched, so it can be replayed;
+# why and where it came from travel in these headers (as Kafka Connect does).
+HEADER_REASON: Final = "pixelwatch.error.reason"
+HEADER_MESSAGE: Final = "pixelwatch.error.message"
+HEADER_TOPIC: Final = "pixelwatch.source.topic"
+HEADER_PARTITION: Final = "pixelwatch.source.partition"
+HEADER_OFFSET: Final = "pixelwatch.source.offset"
+HEADER_FAILED_AT: Final = "pixelwatch.failed_at"
+
+SCHEMAS: Final[dict[str, type[BaseModel]]] = {
+    "image.schema.json": ImageMessage,
+    "score.schema.json": ScoreMessage,
+}
+
+
+def render_schemas() -> dict[str, str]:
+    return {
+        name: json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
+        for name, model in SCHEMAS.items()
+    }
+
+
+def main(argv: list[str]) -> int:
+    target = Path(argv[0] if argv else "deploy/schemas")
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in render_schemas().items():
+        (target / name).write_text(text, encoding="utf-8")
+        print(f"wrote {target / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

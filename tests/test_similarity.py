@@ -1,0 +1,62 @@
+"""Golden values from the course and the metrics' edge cases."""
+
+import numpy as np
+import pytest
+
+from service.images import ImageShape, read_images
+from service.similarity import METRICS, REFERENCE, all_scores, cosine, dice, hamming, ruzicka
+from service.samples import SEED_TEST, SEED_TRAIN
+
+SHAPE = ImageShape(8, 8)
+
+
+@pytest.fixture(scope="module")
+def centred_square() -> np.ndarray:
+    return read_images(SEED_TRAIN, SHAPE).pixels[0]
+
+
+@pytest.fixture(scope="module")
+def shifted_square() -> np.ndarray:
+    return read_images(SEED_TEST, SHAPE).pixels[0]
+
+
+def test_shifted_square_against_centred_square_matches_the_course(
+    centred_square: np.ndarray, shifted_square: np.ndarray
+) -> None:
+    # The course: 20 differing pixels -> Hamming 1 - 20/64 = 68%; min 10 / max 30 -> Ruzicka 33%.
+    assert hamming(shifted_square, centred_square)[0] == pytest.approx(44 / 64)
+    assert ruzicka(shifted_square, centred_square)[0] == pytest.approx(10 / 30)
+    assert dice(shifted_square, centred_square)[0] == pytest.approx(2 * 10 / 40)
+    assert cosine(shifted_square, centred_square)[0] == pytest.approx(10 / 20)
+
+
+def test_identical_images_score_one_on_every_metric(centred_square: np.ndarray) -> None:
+    for name, value in all_scores(centred_square, centred_square).items():
+        assert value[0] == pytest.approx(1.0), name
+
+
+def test_two_blank_images_are_identical_and_blank_against_ink_is_not() -> None:
+    blank, ink = np.zeros((1, 64)), np.ones((1, 64))
+    for name in ("ruzicka", "dice", "cosine", "hamming"):
+        assert REFERENCE[name](blank, blank)[0] == 1.0, name
+        assert REFERENCE[name](blank, ink)[0] == 0.0, name
+
+
+def test_gray_values_use_the_generalised_formulas() -> None:
+    i = np.array([[0.2, 0.8, 0.0, 1.0]])
+    o = np.array([[0.4, 0.8, 0.5, 0.0]])
+    assert hamming(i, o)[0] == pytest.approx(1 - (0.2 + 0 + 0.5 + 1.0) / 4)
+    assert ruzicka(i, o)[0] == pytest.approx((0.2 + 0.8) / (0.4 + 0.8 + 0.5 + 1.0))
+    assert dice(i, o)[0] == pytest.approx(2 * 1.0 / (2.0 + 1.7))
+    expected = (0.08 + 0.64) / (np.linalg.norm(i) * np.linalg.norm(o))
+    assert cosine(i, o)[0] == pytest.approx(expected)
+
+
+def test_every_metric_stays_in_unit_interval_on_random_batches() -> None:
+    rng = np.random.default_rng(7)
+    i, o = rng.random((500, 64)), rng.random((500, 64))
+    i[::7] = 0.0  # some blank rows
+    for name in METRICS:
+        values = REFERENCE[name](i, o)
+        assert values.shape == (500,)
+        assert ((values >= 0) & (values <= 1)).all(), name
