@@ -1,0 +1,92 @@
+"""The one settings class: every worker option, from `PIXELWATCH_*` environment variables.
+
+Command-line flags override the environment; nothing else reads `os.environ`.
+"""
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.similarity import MetricName
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PIXELWATCH_", env_ignore_empty=True, extra="forbid", frozen=True
+    )
+
+    # Kafka connection
+    bootstrap: str = Field("localhost:9092", description="comma-separated host:port list")
+    group_id: str = Field(
+        "pixelwatch", description="consumer group; workers sharing it split partitions"
+    )
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    # Topics
+    input_topic: str = "pixelwatch.images"
+    anomalies_topic: str = "pixelwatch.anomalies"
+    scores_topic: str = "pixelwatch.scores"
+    scores_enabled: bool = Field(True, description="publish every scored image, not only anomalies")
+    dlq_topic: str = "pixelwatch.dlq"
+    partitions: int = Field(4, ge=1, description="partitions for topics this worker creates")
+    replication_factor: int = Field(1, ge=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    connect_timeout: float = Field(
+        120.0, gt=0.0, description="seconds to keep retrying an unreachable broker at start-up"
+    )
+
+    # Scoring
+    model: Path = Field(Path("model.onnx"), description="scoring graph from `pixelwatch train`")
+    metric: MetricName | None = Field(None, description="override the model's default metric")
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="override the model's threshold"
+    )
+    batch_size: int = Field(500, ge=1, le=100_000, description="most messages scored per ONNX call")
+    batch_window: float = Field(
+        0.05, gt=0.0, le=60.0, description="seconds to wait to fill a batch"
+    )
+    max_message_bytes: int = Field(65_536, ge=64, description="larger payloads go to the DLQ")
+    onnx_threads: int = Field(1, ge=1)
+
+    # Process
+    metrics_port: int = Field(6066, ge=0, le=65535, description="HTTP port for /metrics (0: off)")
+    metrics_host: str = "0.0.0.0"
+    data_dir: Path = Field(Path(".pixelwatch"), description="faust's local state directory")
+    commit_interval: float = Field(1.0, gt=0.0, description="seconds between offset commits")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Self:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs "
+                "PIXELWATCH_SASL_USERNAME and PIXELWATCH_SASL_PASSWORD"
+            )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        if len({self.input_topic, self.anomalies_topic, self.scores_topic, self.dlq_topic}) < 4:
+            raise ValueError("input, anomalies, scores and DLQ topics must all be different")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap.split(",") if s.strip()]
+
+    def redacted(self) -> dict[str, object]:
+        """Settings for a start-up log line: secrets stay hidden (SecretStr prints as ***)."""
+        return {k: str(v) for k, v in self if v is not None}

@@ -1,0 +1,75 @@
+"""Waiting for Kafka and creating the worker's topics before it starts consuming."""
+
+import asyncio
+import logging
+import time
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from service.config import Settings
+from service.errors import PixelwatchError
+from service.kafka import client_options
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(PixelwatchError):
+    """Kafka did not answer within the start-up timeout."""
+
+
+def worker_topics(settings: Settings) -> list[str]:
+    topics = [settings.input_topic, settings.anomalies_topic, settings.dlq_topic]
+    if settings.scores_enabled:
+        topics.append(settings.scores_topic)
+    return topics
+
+
+async def connect_admin(settings: Settings, wait: float) -> AIOKafkaAdminClient:
+    """An admin client, retrying with one visible log line per attempt for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    delay, attempt = 0.5, 1
+    while True:
+        admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
+        try:
+            await admin.start()
+            return admin
+        except KafkaConnectionError as exc:
+            await admin.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrokerUnavailable(
+                    f"Kafka at {settings.bootstrap} not reachable after {wait:.0f}s ({exc})"
+                ) from None
+            log.warning(
+                "Kafka at %s not reachable (attempt %d), retrying in %.1fs",
+                settings.bootstrap,
+                attempt,
+                delay,
+            )
+            await asyncio.sleep(min(delay, left))
+            delay, attempt = min(delay * 2, 10.0), attempt + 1
+
+
+async def ensure_topics(settings: Settings, wait: float = 120.0) -> list[str]:
+    """Create the worker's topics that do not exist yet; return the names created."""
+    admin = await connect_admin(settings, wait)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in worker_topics(settings) if t not in existing]
+        created: list[str] = []
+        for topic in missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(topic, settings.partitions, settings.replication_factor)]
+                )
+                created.append(topic)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it first
+            except KafkaError as exc:
+                raise PixelwatchError(f"cannot create topic {topic}: {exc}") from None
+        if created:
+            log.info("created topics %s with %d partitions", created, settings.partitions)
+        return created
+    finally:
+        await admin.close()

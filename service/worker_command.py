@@ -1,0 +1,97 @@
+"""`pixelwatch worker`: validate settings and model, create topics, then run the faust worker."""
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from service.config import Settings
+from service.errors import PixelwatchError
+from service.model import load_model
+from service.pipeline import BatchScorer
+from service.similarity import METRICS
+from service.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+# flag -> Settings field; every flag defaults to None so the environment applies unless given.
+FLAGS: dict[str, tuple[str, type, str]] = {
+    "--model": ("model", Path, "scoring graph (.onnx)"),
+    "--bootstrap": ("bootstrap", str, "Kafka bootstrap servers, host:port[,host:port]"),
+    "--group-id": ("group_id", str, "consumer group"),
+    "--input-topic": ("input_topic", str, "topic to consume images from"),
+    "--partitions": ("partitions", int, "partitions for topics the worker creates"),
+    "--batch-size": ("batch_size", int, "most messages per ONNX call"),
+    "--batch-window": ("batch_window", float, "seconds to wait to fill a batch"),
+    "--threshold": ("threshold", float, "override the model's anomaly threshold"),
+    "--metrics-port": ("metrics_port", int, "HTTP port for /metrics (0 disables)"),
+    "--max-message-bytes": ("max_message_bytes", int, "larger payloads go to the DLQ"),
+    "--data-dir": ("data_dir", Path, "local state directory"),
+}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Every option can also be set as PIXELWATCH_<NAME>, e.g. PIXELWATCH_BATCH_SIZE."
+    for flag, (field, kind, help_text) in FLAGS.items():
+        parser.add_argument(flag, dest=field, type=kind, help=help_text)
+    parser.add_argument("--metric", choices=METRICS, help="override the model's metric")
+    parser.add_argument(
+        "--no-scores",
+        dest="scores_enabled",
+        action="store_const",
+        const=False,
+        help="publish anomalies only, not every score",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    names = [f[0] for f in FLAGS.values()] + ["metric", "scores_enabled"]
+    overrides: dict[str, Any] = {
+        n: getattr(args, n) for n in names if getattr(args, n, None) is not None
+    }
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        where = f"{field}: " if field else ""
+        raise PixelwatchError(f"invalid setting {where}{first['msg']}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    model = load_model(settings.model, threads=settings.onnx_threads)
+    scorer = BatchScorer(
+        model,
+        metric=settings.metric,
+        threshold=settings.threshold,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    log.info(
+        "model %s: %s %s, metric %s, threshold %.3f",
+        settings.model,
+        model.shape,
+        model.metadata.mode,
+        scorer.metric,
+        scorer.threshold,
+    )
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings, settings.connect_timeout))
+    return start_worker(settings, scorer, loop)
+
+
+def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.AbstractEventLoop) -> int:
+    from service.app import create_app
+
+    app, _ = create_app(settings, scorer)
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

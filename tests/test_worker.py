@@ -1,0 +1,181 @@
+"""The real worker command on the real broker: verdicts, dead letters, partitions, restarts."""
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from service.images import read_images
+from service.model import load_model
+from service.samples import SEED_TEST, SEED_TRAIN
+from service.schemas import HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC, ScoreMessage
+from worker_harness import (
+    WorkerProcess,
+    WorkerTopics,
+    consume_until,
+    produce,
+    wait_for_topic,
+    worker_env,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def topics() -> WorkerTopics:
+    return WorkerTopics()
+
+
+@pytest.fixture
+def start_worker(
+    kafka_bootstrap: str, seed_model_path: Path, topics: WorkerTopics, tmp_path: Path
+) -> Iterator[object]:
+    workers: list[WorkerProcess] = []
+
+    def start(**extra: str) -> WorkerProcess:
+        env = worker_env(kafka_bootstrap, topics, seed_model_path, tmp_path / "state", **extra)
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop(signal.SIGKILL)
+
+
+def image(ident: str, pixels: np.ndarray) -> tuple[bytes, bytes]:
+    value = orjson.dumps({"id": ident, "pixels": pixels}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return ident.encode(), value
+
+
+async def test_normal_and_anomalous_images_get_the_models_verdicts(
+    kafka_bootstrap: str, seed_model_path: Path, topics: WorkerTopics, start_worker: object
+) -> None:
+    worker = start_worker(PIXELWATCH_PARTITIONS="4")  # type: ignore[operator]
+    rng = np.random.default_rng(1)
+    images = np.concatenate(
+        [
+            read_images(SEED_TEST).pixels,
+            read_images(SEED_TRAIN).pixels,
+            (rng.random((10, 64)) < 0.5).astype(np.float32),
+        ]
+    )
+    ids = [f"img-{i}" for i in range(len(images))]
+    expected = load_model(seed_model_path).score(images).anomaly
+    assert 0 < expected.sum() < len(images)  # both verdicts are exercised
+
+    # Wait until the worker created the 4-partition topic, then produce through it.
+    assert await wait_for_topic(kafka_bootstrap, topics.images, worker.alive) == 4
+    await produce(kafka_bootstrap, topics.images, [image(i, p) for i, p in zip(ids, images, strict=True)])
+    records = await consume_until(
+        kafka_bootstrap,
+        [topics.scores, topics.anomalies],
+        lambda r: len(r[topics.scores]) >= len(ids) and len(r[topics.anomalies]) >= expected.sum(),
+        alive=worker.alive,
+    )
+    scored = {r.key.decode(): ScoreMessage.model_validate_json(r.value) for r in records[topics.scores]}
+    assert sorted(scored) == sorted(ids)
+    assert {i: scored[i].anomaly for i in ids} == dict(zip(ids, expected.tolist(), strict=True))
+    flagged = sorted(r.key.decode() for r in records[topics.anomalies])
+    assert flagged == sorted(i for i, a in zip(ids, expected, strict=True) if a)
+    assert {m.source.partition for m in scored.values()} == {0, 1, 2, 3}  # several partitions
+    assert worker.stop() == 0
+
+
+async def test_each_bad_input_lands_in_the_dead_letter_topic_with_its_reason(
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: object
+) -> None:
+    worker = start_worker(PIXELWATCH_PARTITIONS="1", PIXELWATCH_MAX_MESSAGE_BYTES="4096")  # type: ignore[operator]
+    bad = {
+        b"oversized": (b'{"pixels": "' + b"." * 5000 + b'"}', "oversized"),
+        b"json": (b"{not json", "invalid_json"),
+        b"types": (b'{"pixels": {"a": 1}}', "schema"),
+        b"count": (b'{"pixels": [0, 1, 0]}', "pixel_count"),
+        b"range": (b'{"pixels": [' + b"0, " * 63 + b"7]}", "pixel_value"),
+        b"nan": (b'{"pixels": [' + b"0, " * 63 + b"NaN]}", "pixel_value"),
+    }
+    good = image("good", np.zeros(64, dtype=np.float32))
+    await produce(kafka_bootstrap, topics.images, [(k, v) for k, (v, _) in bad.items()] + [good])
+    records = await consume_until(
+        kafka_bootstrap,
+        [topics.dlq, topics.scores],
+        lambda r: len(r[topics.dlq]) >= len(bad) and len(r[topics.scores]) >= 1,
+        alive=worker.alive,
+    )
+    dead = {r.key: r for r in records[topics.dlq]}
+    assert sorted(dead) == sorted(bad)
+    for key, (value, reason) in bad.items():
+        headers = {k: v.decode() for k, v in dead[key].headers}
+        assert dead[key].value == value, "the original bytes are kept"
+        assert headers[HEADER_REASON] == reason, key
+        assert headers[HEADER_TOPIC] == topics.images and headers[HEADER_PARTITION] == "0"
+    assert [r.key for r in records[topics.scores]] == [b"good"]
+    assert worker.stop() == 0
+    assert "-> DLQ (pixel_count)" in worker.output()
+
+
+async def test_a_worker_restarted_mid_stream_loses_no_message(
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: object
+) -> None:
+    total = 4000
+    rng = np.random.default_rng(2)
+    pixels = (rng.random((total, 64)) < 0.3).astype(np.float32)
+    messages = [image(f"m{i}", pixels[i]) for i in range(total)]
+    messages[::97] = [(f"m{i}".encode(), b"broken") for i in range(0, total, 97)]
+    expected = {f"m{i}" for i in range(total)}
+
+    first = start_worker(PIXELWATCH_BATCH_SIZE="50")  # type: ignore[operator]
+    await produce(kafka_bootstrap, topics.images, messages)
+
+    def ids(records: dict[str, list]) -> set[str]:  # type: ignore[type-arg]
+        return {r.key.decode() for t in (topics.scores, topics.dlq) for r in records[t]}
+
+    await consume_until(
+        kafka_bootstrap, [topics.scores, topics.dlq], lambda r: len(ids(r)) > total // 10,
+        alive=first.alive,
+    )  # fmt: skip
+    assert first.stop(signal.SIGTERM) == 0, first.output()[-2000:]
+
+    second = start_worker(PIXELWATCH_BATCH_SIZE="50")  # type: ignore[operator]
+    records = await consume_until(
+        kafka_bootstrap, [topics.scores, topics.dlq], lambda r: ids(r) >= expected,
+        timeout=120, alive=second.alive,
+    )  # fmt: skip
+    assert ids(records) == expected
+    dead = {r.key.decode() for r in records[topics.dlq]}
+    assert dead == {f"m{i}" for i in range(0, total, 97)}
+    assert second.stop() == 0
+
+
+def test_worker_refuses_a_missing_model_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker", "--model", str(tmp_path / "none.onnx")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'none.onnx'}: model file not found " \
+        "(train one with `pixelwatch train`)"
+
+
+def test_worker_retries_an_unreachable_broker_visibly_then_gives_up(
+    seed_model_path: Path, tmp_path: Path
+) -> None:
+    from service.broker import free_port
+
+    port = free_port()  # nothing listens here
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker", "--model", str(seed_model_path),
+         "--bootstrap", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PIXELWATCH_CONNECT_TIMEOUT": "3", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"Kafka at 127.0.0.1:{port} not reachable (attempt 1), retrying" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Kafka at 127.0.0.1:{port} not reachable after 3s")
+    assert "Traceback" not in result.stderr
