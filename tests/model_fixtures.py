@@ -1,0 +1,29 @@
+"""Fixtures that train real models; conftest imports them for the whole session."""
+
+import functools
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from model_export import TrainOptions, train_and_export
+
+SAMPLES: Final = Path(__file__).resolve().parent.parent / "service" / "samples"
+SEED_TRAIN: Final = SAMPLES / "seed_train.txt"
+SEED_TEST: Final = SAMPLES / "seed_test.txt"
+# The course's set-up: 500 epochs, one Adam step per image, binary mode, Hamming at 0.60.
+SEED_OPTIONS: Final = TrainOptions(epochs=500, seed=0)
+
+
+@functools.cache
+def _seed_model(base: Path) -> Path:
+    # Cached per session directory: a module that also imports the fixture gets the same file.
+    directory = base / "seed-model"
+    directory.mkdir(exist_ok=True)
+    return train_and_export(SEED_TRAIN, directory / "seed.onnx", SEED_OPTIONS).model_path
+
+
+@pytest.fixture(scope="session")
+def seed_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The course's demo model (and its report), trained once per session."""
+    return _seed_model(tmp_path_factory.getbasetemp())
