@@ -1,16 +1,17 @@
 """The faust application: one agent that scores the input topic in batches.
 
 The agent takes up to `batch_size` events (or what arrived within `batch_window`), scores
-them with one onnxruntime call, and hands every output to the producer buffer without
-awaiting each send. faust acks the batch's events only after the loop body ran, and flushes
-the producer before it commits offsets, so a committed offset always has its outputs
+them with one onnxruntime call, and enqueues every output on the Kafka producer without
+waiting for each delivery. faust acks the batch's events only after the loop body ran, and
+flushes the producer before it commits offsets, so a committed offset always has its outputs
 produced: at-least-once delivery.
 """
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import faust
 
@@ -36,44 +37,65 @@ def to_record(event: Any) -> Record:
     )
 
 
-class Topics:
-    """The worker's four topics, raw bytes in and out."""
+class Send(Protocol):
+    """faust's producer `send`: enqueue one record, return the delivery future."""
+
+    def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> Awaitable[Any]: ...
+
+
+class Publisher:
+    """Sends a batch's outputs and dead letters through the app's Kafka producer.
+
+    Records go straight to the underlying client (each await only enqueues; delivery is
+    confirmed in bulk by the producer flush that faust runs before every offset commit).
+    faust's `Topic.send_soon` buffer would instead send them one at a time.
+    """
 
     def __init__(self, app: faust.App, settings: Settings) -> None:
-        def raw(name: str) -> faust.TopicT:
-            return app.topic(
-                name,
-                key_type=bytes,
-                value_type=bytes,
-                key_serializer="raw",
-                value_serializer="raw",
-                partitions=settings.partitions,
-            )
+        self.app = app
+        self.anomalies = settings.anomalies_topic
+        self.scores = settings.scores_topic if settings.scores_enabled else None
+        self.dlq = settings.dlq_topic
+        self.send: Send | None = None  # tests substitute a recorder
 
-        self.images = raw(settings.input_topic)
-        self.anomalies = raw(settings.anomalies_topic)
-        self.scores = raw(settings.scores_topic) if settings.scores_enabled else None
-        self.dlq = raw(settings.dlq_topic)
-
-    def publish(self, result: BatchResult) -> None:
-        """Queue every output of a batch on the producer buffer (sends are not awaited here)."""
+    async def publish(self, result: BatchResult) -> None:
+        send = self.send or self.app.producer.send
         for out in result.outputs:
             if self.scores is not None:
-                self.scores.send_soon(key=out.key, value=out.value)
+                await send(self.scores, out.key, out.value, None, None, None)
             if out.anomaly:
-                self.anomalies.send_soon(key=out.key, value=out.value)
+                await send(self.anomalies, out.key, out.value, None, None, None)
         for dead in result.dead:
-            log.warning("%s -> DLQ (%s): %s", dead.record.where, dead.reason, dead)
-            self.dlq.send_soon(
-                key=dead.record.key,
-                value=dead.record.value,
-                headers=dead.headers(result.detected_at),
-            )
+            log.warning("%s -> DLQ (%s): %s", dead.record.where, dead.reason, dead.message)
+            headers = dead.headers(result.detected_at)
+            await send(self.dlq, dead.record.key, dead.record.value, None, None, headers)
+
+    async def publish_whole(self, result: BatchResult) -> None:
+        """Publish a batch even if the agent is cancelled meanwhile (e.g. on SIGTERM).
+
+        faust acks a batch's events once the loop body is left, however it is left; a batch
+        cut short would have its offsets committed without its outputs. So the sends run in
+        their own task, and a cancellation waits for it before it is honoured.
+        """
+        task = asyncio.ensure_future(self.publish(result))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
 
 
 def create_app(
     settings: Settings, scorer: BatchScorer, observers: Sequence[BatchObserver] = ()
-) -> tuple[faust.App, Topics]:
+) -> tuple[faust.App, Publisher]:
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
@@ -92,9 +114,17 @@ def create_app(
         producer_max_request_size=max(1_048_576, 2 * settings.max_message_bytes),
         stream_buffer_maxsize=max(4096, 2 * settings.batch_size),
     )
-    topics = Topics(app, settings)
+    images = app.topic(
+        settings.input_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    publisher = Publisher(app, settings)
 
-    @app.agent(topics.images, name="score")
+    @app.agent(images, name="score")
     async def score(stream: faust.StreamT[bytes]) -> None:
         # take_events is on the concrete Stream, not on faust's StreamT protocol.
         assert isinstance(stream, faust.Stream)
@@ -102,9 +132,9 @@ def create_app(
         async for events in batches:
             started = time.perf_counter()
             result = scorer.process([to_record(e) for e in events])
-            topics.publish(result)
+            await publisher.publish_whole(result)
             elapsed = time.perf_counter() - started
             for observe in observers:
                 observe(result, elapsed)
 
-    return app, topics
+    return app, publisher

@@ -49,7 +49,10 @@ def test_wrong_pixel_count_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "bad.txt", "# header\n" + SQUARE_LINE[:-1] + "\n")
     with pytest.raises(InputError) as info:
         read_images(path, SHAPE)
-    assert str(info.value) == f"{path}:line 2: image block has 1 rows, expected 8 (8x8) or one image per line"
+    assert (
+        str(info.value)
+        == f"{path}:line 2: image block has 1 rows, expected 8 (8x8) or one image per line"
+    )
 
 
 def test_short_row_in_a_block_names_its_line(tmp_path: Path) -> None:
@@ -95,7 +98,9 @@ def test_npy_accepts_flat_and_square_arrays(tmp_path: Path) -> None:
     np.save(tmp_path / "square.npy", data)
     np.save(tmp_path / "flat.npy", data.reshape(3, 64))
     for name in ("square.npy", "flat.npy"):
-        np.testing.assert_array_equal(read_images(tmp_path / name, SHAPE).pixels, data.reshape(3, 64))
+        np.testing.assert_array_equal(
+            read_images(tmp_path / name, SHAPE).pixels, data.reshape(3, 64)
+        )
 
 
 def test_npy_errors_name_the_index_or_shape(tmp_path: Path) -> None:
@@ -110,9 +115,9 @@ def test_npy_errors_name_the_index_or_shape(tmp_path: Path) -> None:
 
 
 def test_missing_and_empty_files_are_reported(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="nope.txt:file: no such file"):
+    with pytest.raises(InputError, match=r"nope\.txt:file: no such file"):
         read_images(tmp_path / "nope.txt", SHAPE)
-    with pytest.raises(InputError, match="empty.txt:file: contains no images"):
+    with pytest.raises(InputError, match=r"empty\.txt:file: contains no images"):
         read_images(write(tmp_path, "empty.txt", "# nothing\n"), SHAPE)
 
 

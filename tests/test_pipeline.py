@@ -76,7 +76,11 @@ BAD_INPUTS = [
     (b'{"pixels": [0, 1]}', DeadLetterReason.PIXEL_COUNT, "pixels: 2 values, expected 64 (8x8)"),
     (b'{"pixels": "X."}', DeadLetterReason.PIXEL_COUNT, "pixels: 2 pixels, expected 64 (8x8)"),
     (b'{"pixels": "' + b"o" * 64 + b'"}', DeadLetterReason.PIXEL_VALUE, "unknown pixel character"),
-    (message([0.0] * 63 + [1.5]), DeadLetterReason.PIXEL_VALUE, "pixels[63]: 1.5 is outside [0, 1]"),
+    (
+        message([0.0] * 63 + [1.5]),
+        DeadLetterReason.PIXEL_VALUE,
+        "pixels[63]: 1.5 is outside [0, 1]",
+    ),
     (b'{"pixels": [NaN' + b", 0" * 63 + b"]}", DeadLetterReason.PIXEL_VALUE, "pixels[0]: nan"),
 ]
 
@@ -97,7 +101,9 @@ def test_bad_input_becomes_a_dead_letter_with_its_reason(
     assert headers[HEADER_OFFSET] == b"9"
 
 
-def test_a_batch_is_scored_with_one_model_call(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_is_scored_with_one_model_call(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     original = model.score
 

@@ -9,11 +9,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-
-from service.images import read_images
-from service.model import load_model
-from service.samples import SEED_TEST, SEED_TRAIN
-from service.schemas import HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC, ScoreMessage
 from worker_harness import (
     WorkerProcess,
     WorkerTopics,
@@ -22,6 +17,11 @@ from worker_harness import (
     wait_for_topic,
     worker_env,
 )
+
+from service.images import read_images
+from service.model import load_model
+from service.samples import SEED_TEST, SEED_TRAIN
+from service.schemas import HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC, ScoreMessage
 
 pytestmark = pytest.mark.kafka
 
@@ -71,14 +71,18 @@ async def test_normal_and_anomalous_images_get_the_models_verdicts(
 
     # Wait until the worker created the 4-partition topic, then produce through it.
     assert await wait_for_topic(kafka_bootstrap, topics.images, worker.alive) == 4
-    await produce(kafka_bootstrap, topics.images, [image(i, p) for i, p in zip(ids, images, strict=True)])
+    await produce(
+        kafka_bootstrap, topics.images, [image(i, p) for i, p in zip(ids, images, strict=True)]
+    )
     records = await consume_until(
         kafka_bootstrap,
         [topics.scores, topics.anomalies],
         lambda r: len(r[topics.scores]) >= len(ids) and len(r[topics.anomalies]) >= expected.sum(),
         alive=worker.alive,
     )
-    scored = {r.key.decode(): ScoreMessage.model_validate_json(r.value) for r in records[topics.scores]}
+    scored = {
+        r.key.decode(): ScoreMessage.model_validate_json(r.value) for r in records[topics.scores]
+    }
     assert sorted(scored) == sorted(ids)
     assert {i: scored[i].anomaly for i in ids} == dict(zip(ids, expected.tolist(), strict=True))
     flagged = sorted(r.key.decode() for r in records[topics.anomalies])
@@ -158,8 +162,10 @@ def test_worker_refuses_a_missing_model_with_one_line(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'none.onnx'}: model file not found " \
+    assert (
+        result.stderr.strip() == f"error: {tmp_path / 'none.onnx'}: model file not found "
         "(train one with `pixelwatch train`)"
+    )
 
 
 def test_worker_retries_an_unreachable_broker_visibly_then_gives_up(
