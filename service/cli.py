@@ -18,6 +18,10 @@ from service.errors import PixelwatchError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("model_export.command", "train an autoencoder on normal images and export ONNX"),
     "score": ("service.score_command", "score an image file offline with an exported model"),
+    "evaluate": (
+        "model_export.evaluate",
+        "measure detection quality on normal and anomalous images",
+    ),
     "worker": ("service.worker_command", "run the stream worker on Kafka"),
     "produce": ("service.producer", "send images from a file to the input topic"),
     "broker": ("service.broker", "run a local single-node Apache Kafka for development"),
@@ -49,7 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         module = importlib.import_module(SUBCOMMANDS[selected][0]) if selected else None
     except ModuleNotFoundError as exc:
-        if selected == "train" and exc.name and exc.name.split(".")[0] in {"torch", "onnx"}:
+        if (
+            selected in {"train", "evaluate"}
+            and exc.name
+            and exc.name.split(".")[0] in {"torch", "onnx"}
+        ):
             print(
                 "error: training needs the train extra: pip install 'pixelwatch[train]'",
                 file=sys.stderr,
