@@ -1,0 +1,392 @@
+"""A real single-node Apache Kafka broker (KRaft, broker + controller) for development and tests.
+
+No Docker and no tarball: the broker's jars are resolved once from Maven Central through
+deploy/kafka/pom.xml into a cache dir, so the only prerequisites are Java 17+ and Maven.
+"""
+
+import argparse
+import asyncio
+import atexit
+import base64
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Self
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from service.errors import PixelwatchError
+
+KAFKA_VERSION = "4.1.1"
+POM = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "pom.xml"
+PREREQUISITES = (
+    "Java 17+ and Maven are prerequisites of the local Kafka broker; "
+    "on Debian: apt-get install openjdk-17-jre-headless maven"
+)
+# The console is Kafka's stdout, which start() sends to broker.log, never to the terminal.
+# WARN keeps it readable; the one INFO line marks the end of start-up (see _wait_ready).
+LOG4J2_PROPERTIES = """\
+rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = OUT
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+logger.started.name = kafka.server.KafkaRaftServer
+logger.started.level = INFO
+"""
+STARTED_LINE = "Kafka Server started"
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(PixelwatchError):
+    """The local Kafka broker could not be set up, started or stopped."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PIXELWATCH_CACHE_DIR") or Path.home() / ".cache" / "pixelwatch")
+
+
+class LocalBroker:
+    """One Kafka process listening on 127.0.0.1:`port`; use as a context manager."""
+
+    def __init__(
+        self,
+        port: int = 9092,
+        data_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        controller_port: int | None = None,
+    ) -> None:
+        self.port = port
+        self.controller_port = controller_port
+        self._data_dir = data_dir
+        self._cache_dir = cache_dir
+        self._owns_data_dir = data_dir is None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock: IO[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        if self._data_dir is None:
+            raise BrokerError("the broker has no data dir until it is started")
+        return self._data_dir
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 120.0) -> None:
+        if self._proc is not None:
+            return
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError(f"`java` is not on PATH. {PREREQUISITES}")
+        _check_port_free(self.port)
+        libs = resolve_jars(self._cache_dir or default_cache_dir())
+        if self._data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="pixelwatch-kafka-"))
+        try:
+            self._launch(java, libs, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(self, java: str, libs: Path, timeout: float) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        controller_port = self.controller_port or free_port()
+        _check_port_free(controller_port)
+        config = self._write_config(controller_port)
+        options = [f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"]
+        options += ["-cp", str(libs / "*")]
+        if not (self.data_dir / "kafka-logs" / "meta.properties").exists():
+            # A short-lived tool: the quick C1 compiler alone saves start-up CPU.
+            _format_storage([java, "-XX:TieredStopAtLevel=1", *options], config)
+        log.debug("starting Kafka %s on %s", KAFKA_VERSION, self.bootstrap)
+        with self.log_file.open("wb") as out:
+            # Own session: a Ctrl-C in the terminal reaches only us, and we stop Kafka in order.
+            self._proc = subprocess.Popen(
+                [java, "-Xmx512m", *options, "kafka.Kafka", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
+                pass_fds=[self._lock.fileno()] if self._lock else [],
+            )
+        # A safety net for callers that forget stop(): never leave an orphan JVM behind.
+        atexit.register(self.stop)
+        self._wait_ready(timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        atexit.unregister(self.stop)
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            except ProcessLookupError:
+                proc.wait()  # it exited between poll() and killpg()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        if self._owns_data_dir and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+            self._data_dir = None
+
+    def _lock_data_dir(self) -> None:
+        """Refuse a data dir that another broker uses: two Kafkas on one dir corrupt it.
+
+        Kafka's own lock did not prevent that in practice (the running one died with a
+        CorruptRecordException). The JVM inherits the lock, so it holds even if we die first.
+        """
+        lock = (self.data_dir / ".pixelwatch.lock").open("wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise BrokerError(
+                f"data dir {self.data_dir} is in use by another Kafka broker; "
+                "stop it or choose another --data-dir"
+            ) from None
+        self._lock = lock
+
+    def _write_config(self, controller_port: int) -> Path:
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "kafka-logs"),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "true",
+            # A single node cannot hold the default 3 replicas of the internal topics.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # Consumers in tests and demos should get their partitions at once.
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        return config
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Return once the broker answers a real Kafka request and lists itself as a broker."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is not None:
+                raise BrokerError(
+                    f"Kafka exited with code {code} while starting; "
+                    f"last lines of {self.log_file}:\n{_tail(self.log_file)}"
+                )
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"Kafka did not become ready on {self.bootstrap} within {timeout:.0f}s; "
+                    f"last lines of {self.log_file}:\n{_tail(self.log_file)}"
+                )
+            # The log line gates the probe so aiokafka does not log connection errors while
+            # the JVM is still booting; the probe then proves requests are really served.
+            if STARTED_LINE in self.log_file.read_text(errors="replace") and _serves_requests(
+                self.bootstrap
+            ):
+                return
+            time.sleep(0.2)
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        # SO_REUSEADDR so that connections of a just-stopped broker (TIME_WAIT) do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise BrokerError(
+                f"port {port} on 127.0.0.1 is already in use (another Kafka running?); "
+                "stop it or choose another port with --port"
+            ) from None
+
+
+def resolve_jars(cache_dir: Path) -> Path:
+    """The directory holding Kafka's runtime jars, downloaded with Maven on first use."""
+    libs = cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
+    marker = libs / ".complete"
+    # The marker holds the pom's digest, so editing the pom (e.g. a version bump) re-resolves.
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest() if POM.is_file() else None
+
+    def complete() -> bool:
+        return marker.is_file() and digest in (None, marker.read_text().strip())
+
+    if complete():
+        return libs
+    if digest is None:
+        raise BrokerError(f"{POM} is missing, so the Kafka jars cannot be resolved")
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(f"`mvn` is not on PATH. {PREREQUISITES}")
+    print(
+        f"resolving Kafka {KAFKA_VERSION} jars from Maven Central (first run only)…",
+        file=sys.stderr,
+        flush=True,
+    )
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    # Resolve into a fresh dir and move it into place whole: an interrupted or concurrent
+    # run never leaves a half-filled libs dir that looks complete.
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    try:
+        command = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies"]
+        command += [f"-DoutputDirectory={staging}", "-DincludeScope=runtime"]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            output = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+            raise BrokerError(f"Maven could not resolve the Kafka jars:\n{output}")
+        (staging / ".complete").write_text(digest + "\n")
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        if not complete():  # else a concurrent run finished first and its jars may be in use
+            shutil.rmtree(libs, ignore_errors=True)  # a stale set from an older pom
+            staging.rename(libs)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return libs
+
+
+def _format_storage(jvm: list[str], config: Path) -> None:
+    """Format the log dir as a single-node dynamic (standalone) KRaft quorum."""
+    command = [*jvm, "kafka.tools.StorageTool", "format", "--standalone"]
+    command += ["--config", str(config), "--cluster-id", new_cluster_id()]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BrokerError(
+            f"formatting Kafka storage failed:\n{(done.stdout + done.stderr).strip()}"
+        )
+
+
+def new_cluster_id() -> str:
+    """A Kafka Uuid: 16 random bytes, url-safe base64 without padding."""
+    while True:
+        text = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        if not text.startswith("-"):  # would be read as an option on the command line
+            return text
+
+
+def _serves_requests(bootstrap: str) -> bool:
+    async def probe() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            cluster = await admin.describe_cluster()
+            return bool(cluster["brokers"])
+        except Exception as exc:  # not ready yet: the caller polls again
+            log.debug("Kafka not ready yet: %r", exc)
+            return False
+        finally:
+            await admin.close()
+
+    # A thread of its own, because start() may be called where an event loop already runs.
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(asyncio.run(probe())), daemon=True)
+    thread.start()
+    thread.join()
+    return bool(result and result[0])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "  (no log)"
+    return "\n".join(f"  {line}" for line in text.splitlines()[-lines:]) or "  (empty log)"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=9092, help="client port (default: 9092)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".kafka/data"),
+        help="where topics are kept across runs (default: .kafka/data)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    broker = LocalBroker(port=args.port, data_dir=Path(args.data_dir).resolve())
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    try:
+        broker.start()
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        print(
+            f"Kafka {KAFKA_VERSION} broker ready on {broker.bootstrap} "
+            f"(data: {broker.data_dir}, log: {broker.log_file}) — Ctrl-C to stop",
+            flush=True,
+        )
+        try:
+            # A timeout keeps the main thread returning to Python so signal handlers run.
+            while not stopping.wait(0.5):
+                if not broker.running:
+                    raise BrokerError(f"Kafka stopped unexpectedly; see {broker.log_file}")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        broker.stop()
+    return 0

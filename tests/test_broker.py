@@ -1,0 +1,145 @@
+"""The local Kafka broker: real round trips, the `pixelwatch broker` command and its errors."""
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from service import broker as broker_module
+from service.broker import KAFKA_VERSION, BrokerError, LocalBroker, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_broker_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    broker_module.configure_parser(parser)
+    return parser.parse_args(argv)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.kafka
+async def test_messages_round_trip_through_every_partition_of_a_new_topic(
+    kafka_bootstrap: str, topic_factory: Callable[[int], Awaitable[str]]
+) -> None:
+    topic = await topic_factory(3)
+    sent = {(p, f"message {i} to {p}".encode()) for p in range(3) for i in range(5)}
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for partition, value in sorted(sent):
+            await producer.send_and_wait(topic, value, partition=partition)
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"test-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    received: set[tuple[int, bytes]] = set()
+    try:
+        async with asyncio.timeout(60):
+            async for record in consumer:
+                received.add((record.partition, record.value))
+                if len(received) == len(sent):
+                    break
+    finally:
+        await consumer.stop()
+    assert received == sent
+
+
+@pytest.mark.kafka
+async def test_broker_keeps_topics_when_restarted_on_the_same_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with LocalBroker(port=free_port(), data_dir=data_dir) as first:
+        admin = AIOKafkaAdminClient(bootstrap_servers=first.bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic("kept", num_partitions=2, replication_factor=1)])
+        await admin.close()
+    assert data_dir.is_dir(), "a data dir given by the caller must survive stop()"
+
+    with LocalBroker(port=free_port(), data_dir=data_dir) as second:
+        admin = AIOKafkaAdminClient(bootstrap_servers=second.bootstrap)
+        await admin.start()
+        topics = await admin.list_topics()
+        await admin.close()
+    assert "kept" in topics
+
+
+@pytest.mark.kafka
+def test_second_broker_on_a_data_dir_in_use_is_refused(kafka_broker: LocalBroker) -> None:
+    with pytest.raises(BrokerError, match="in use by another Kafka broker"):
+        LocalBroker(port=free_port(), data_dir=kafka_broker.data_dir).start()
+    assert kafka_broker.running
+
+
+@pytest.mark.kafka
+async def test_broker_command_reports_ready_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "service.cli", "broker", "--port", str(port)]
+    command += ["--data-dir", str(tmp_path / "data")]
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(240):
+            ready = (await proc.stdout.readline()).decode()
+        assert ready.startswith(f"Kafka {KAFKA_VERSION} broker ready on 127.0.0.1:{port} "), ready
+        assert not port_is_free(port)
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            _, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, stderr.decode()
+    assert port_is_free(port), "the Kafka process outlived `pixelwatch broker`"
+
+
+@pytest.mark.kafka
+def test_broker_command_reports_a_taken_port_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = parse_broker_args("--port", str(port), "--data-dir", str(tmp_path))
+        code = broker_module.run(args)
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"port {port}" in err and "already in use" in err
+
+
+def test_broker_without_java_on_path_names_the_prerequisites(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty dir: no java, no mvn
+
+    with pytest.raises(BrokerError, match="java") as caught:
+        LocalBroker(port=free_port(), data_dir=tmp_path / "data").start()
+
+    message = str(caught.value)
+    assert "Java 17+" in message and "Maven" in message
+    assert "apt-get install openjdk-17-jre-headless maven" in message
+    assert "\n" not in message
