@@ -12,12 +12,12 @@ SHAPE = ImageShape(8, 8)
 
 @pytest.fixture(scope="module")
 def centred_square() -> np.ndarray:
-    return read_images(SEED_TRAIN, SHAPE).pixels[0]
+    return np.asarray(read_images(SEED_TRAIN, SHAPE).pixels[0])
 
 
 @pytest.fixture(scope="module")
 def shifted_square() -> np.ndarray:
-    return read_images(SEED_TEST, SHAPE).pixels[0]
+    return np.asarray(read_images(SEED_TEST, SHAPE).pixels[0])
 
 
 def test_shifted_square_against_centred_square_matches_the_course(
