@@ -24,6 +24,9 @@ venv: $(STAMP) ## create .venv and install pixelwatch with all extras
 prereqs: ## check (and on Debian as root, install) Java 17+ and Maven for the local Kafka broker
 	@bash deploy/prereqs.sh
 
+prometheus: ## check (and on Debian as root, install) Prometheus and promtool for the alert tests
+	@bash deploy/prometheus-setup.sh
+
 demo: venv prereqs ## live demo: local Kafka, train the seed model, stream images, show anomalies
 	$(BIN)/pixelwatch demo
 
@@ -34,11 +37,14 @@ lint: venv ## ruff lint and format check
 typecheck: venv ## mypy (strict)
 	$(BIN)/mypy
 
-test: venv prereqs lint typecheck ## every test, lint and type check (starts its own Kafka broker)
+test: venv prereqs prometheus lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
 broker: venv prereqs ## run a local Kafka broker on port 9092 until Ctrl-C
 	$(BIN)/pixelwatch broker
+
+dashboard: venv ## regenerate deploy/grafana/dashboards/pixelwatch.json from deploy/grafana/dashboard.py
+	$(BIN)/python deploy/grafana/dashboard.py
 
 schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 	$(BIN)/python -m service.schemas deploy/schemas
@@ -46,4 +52,4 @@ schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv prereqs demo lint typecheck test broker schemas clean
+.PHONY: help venv prereqs prometheus demo lint typecheck test broker dashboard schemas clean

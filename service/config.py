@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # Process
     metrics_port: int = Field(6066, ge=0, le=65535, description="HTTP port for /metrics (0: off)")
     metrics_host: str = "0.0.0.0"
+    lag_interval: float = Field(
+        5.0, gt=0.0, le=3600.0, description="seconds between consumer-lag metric refreshes"
+    )
     data_dir: Path = Field(Path(".pixelwatch"), description="faust's local state directory")
     commit_interval: float = Field(1.0, gt=0.0, description="seconds between offset commits")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -86,9 +86,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.AbstractEventLoop) -> int:
-    from service.app import create_app
+    from prometheus_client import REGISTRY
 
-    app, _ = create_app(settings, scorer)
+    from service.app import create_app
+    from service.metrics import WorkerMetrics, instrument
+
+    # The default registry also carries the process and Python collectors.
+    metrics = WorkerMetrics(REGISTRY)
+    metrics.describe_model(scorer)
+    app, _ = create_app(settings, scorer, observers=[metrics.observe_batch])
+    if settings.metrics_port:
+        instrument(app, metrics, settings.input_topic, settings.lag_interval)
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
     try:
         worker.execute_from_commandline()

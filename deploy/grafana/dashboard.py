@@ -1,0 +1,383 @@
+"""The pixelwatch Grafana dashboard, built with Grafana's foundation SDK.
+
+    python deploy/grafana/dashboard.py          # rewrites dashboards/pixelwatch.json
+    python deploy/grafana/dashboard.py --check  # exit 1 if the committed JSON is stale
+
+Edit this file, not the JSON: a test fails when the two disagree, and the observability
+end-to-end test evaluates every query below against a real Prometheus.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Final
+
+from grafana_foundation_sdk.builders import (
+    common,
+    dashboard,
+    heatmap,
+    prometheus,
+    stat,
+    table,
+    timeseries,
+)
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_model
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models import heatmap as heatmap_model
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+OUTPUT: Final = Path(__file__).parent / "dashboards" / "pixelwatch.json"
+UID: Final = "pixelwatch"
+DATASOURCE: Final = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+ANOMALY_SHARE_ALERT: Final = 0.2
+"""The share PixelwatchAnomalyRateHigh fires above (deploy/prometheus/alerts.yml)."""
+
+# `$__rate_interval` is at least four scrape intervals, so rate() always has two samples.
+RATE: Final = "$__rate_interval"
+
+Target = prometheus.Dataquery
+Panel = timeseries.Panel | stat.Panel | table.Panel | heatmap.Panel
+
+
+def query(expr: str, legend: str = "__auto", ref: str = "A") -> Target:
+    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).range()
+
+
+def quantiles(histogram: str, *, by: str = "") -> list[Target]:
+    """p50 and p99 of a Prometheus histogram, summed over workers."""
+    labels = f"le{', ' + by if by else ''}"
+    return [
+        query(
+            f"histogram_quantile({q}, sum by ({labels}) (rate({histogram}_bucket[{RATE}])))",
+            legend=f"p{round(q * 100)}",
+            ref=ref,
+        )
+        for q, ref in ((0.5, "A"), (0.99, "B"))
+    ]
+
+
+def graph(title: str, description: str, targets: list[Target], unit: str) -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets(list(targets))
+        .unit(unit)
+        .fill_opacity(10)
+        .legend(
+            common.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(common_model.LegendDisplayMode.LIST)
+            .placement(common_model.LegendPlacement.BOTTOM)
+        )
+        .tooltip(common.VizTooltipOptions().mode(common_model.TooltipDisplayMode.MULTI))
+        .height(8)
+        .span(8)
+    )
+
+
+def throughput() -> timeseries.Panel:
+    return (
+        graph(
+            "Images per second by outcome",
+            "Scored images (normal, anomaly) and invalid ones sent to the dead-letter topic.",
+            [query(f"sum by (outcome) (rate(pixelwatch_images_total[{RATE}]))", "{{outcome}}")],
+            "short",
+        )
+        .stacking(common.StackingConfig().mode(common_model.StackingMode.NORMAL))
+        .span(12)
+    )
+
+
+def anomaly_rate() -> timeseries.Panel:
+    share = (
+        f'sum(rate(pixelwatch_images_total{{outcome="anomaly"}}[{RATE}]))'
+        f' / sum(rate(pixelwatch_images_total{{outcome=~"normal|anomaly"}}[{RATE}]))'
+    )
+    return (
+        graph(
+            "Anomaly rate",
+            "Share of scored images flagged anomalous. The dashed line is the alert threshold.",
+            [query(share, "anomalous")],
+            "percentunit",
+        )
+        .min(0)
+        .thresholds(
+            dashboard.ThresholdsConfig()
+            .mode(model.ThresholdsMode.ABSOLUTE)
+            .steps(
+                [
+                    model.Threshold(value=None, color="green"),
+                    model.Threshold(value=ANOMALY_SHARE_ALERT, color="red"),
+                ]
+            )
+        )
+        .thresholds_style(
+            common.GraphThresholdsStyleConfig().mode(common_model.GraphThresholdsStyleMode.DASHED)
+        )
+        .span(6)
+    )
+
+
+def single(title: str, description: str, target: Target, unit: str) -> stat.Panel:
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .with_target(target)
+        .unit(unit)
+        .graph_mode(common_model.BigValueGraphMode.AREA)
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
+        .height(8)
+        .span(3)
+    )
+
+
+def workers() -> stat.Panel:
+    return single(
+        "Workers",
+        "Workers whose /metrics Prometheus scrapes successfully.",
+        query("count(pixelwatch_model_info)", "workers"),
+        "none",
+    )
+
+
+def threshold() -> stat.Panel:
+    return single(
+        "Anomaly threshold",
+        "A similarity strictly below this is an anomaly (the model's, or PIXELWATCH_THRESHOLD).",
+        query("max(pixelwatch_threshold)", "threshold"),
+        "none",
+    ).decimals(3)
+
+
+def similarity_heatmap() -> heatmap.Panel:
+    return (
+        heatmap.Panel()
+        .title("Similarity distribution (anomaly below ${threshold})")
+        .description(
+            "Images per similarity bucket over time; rows below the threshold in the title "
+            "are anomalies. The next panel draws the threshold against the quantiles."
+        )
+        .datasource(DATASOURCE)
+        .with_target(
+            query(f"sum by (le) (increase(pixelwatch_similarity_bucket[{RATE}]))", "{{le}}").format(
+                PromQueryFormat.HEATMAP
+            )
+        )
+        .calculate(False)
+        .y_axis(heatmap.YAxisConfig().unit("none").decimals(2).min(0).max(1))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(heatmap_model.HeatmapColorMode.SCHEME)
+            .scheme("Oranges")
+            .scale(heatmap_model.HeatmapColorScale.EXPONENTIAL)
+            .exponent(0.5)  # a few anomalies stay visible next to thousands of normal images
+            .steps(64)
+        )
+        .cell_values(heatmap.CellValues().unit("short"))
+        .height(9)
+        .span(12)
+    )
+
+
+def similarity_quantiles() -> timeseries.Panel:
+    def q(level: float, ref: str) -> Target:
+        expr = (
+            f"histogram_quantile({level}, sum by (le) (rate(pixelwatch_similarity_bucket[{RATE}])))"
+        )
+        return query(expr, f"p{round(level * 100)} similarity", ref)
+
+    dashed = model.DynamicConfigValue(
+        id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}
+    )
+    red = model.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"})
+    return (
+        graph(
+            "Similarity quantiles and threshold",
+            "Low and median similarity of scored images; images under the red line are anomalies.",
+            [
+                q(0.05, "A"),
+                q(0.5, "B"),
+                query("max(pixelwatch_threshold)", "threshold", "C"),
+            ],
+            "none",
+        )
+        .min(0)
+        .max(1)
+        .fill_opacity(0)
+        .override_by_name("threshold", [dashed, red])
+        .height(9)
+        .span(12)
+    )
+
+
+def inference_latency() -> timeseries.Panel:
+    return graph(
+        "Batch scoring time p50 / p99",
+        "Seconds to decode, score (one onnxruntime call) and queue the outputs of a batch.",
+        quantiles("pixelwatch_inference_seconds"),
+        "s",
+    )
+
+
+def end_to_end_latency() -> timeseries.Panel:
+    return graph(
+        "End-to-end latency p50 / p99",
+        "From the image's ts (or Kafka timestamp) to its score being handed to the producer.",
+        quantiles("pixelwatch_end_to_end_latency_seconds"),
+        "s",
+    )
+
+
+def batch_size() -> timeseries.Panel:
+    mean = (
+        f"sum(rate(pixelwatch_batch_size_sum[{RATE}]))"
+        f" / sum(rate(pixelwatch_batch_size_count[{RATE}]))"
+    )
+    return graph(
+        "Batch size",
+        "Messages per onnxruntime call: small batches mean a quiet stream or a short window.",
+        [*quantiles("pixelwatch_batch_size"), query(mean, "mean", "C")],
+        "short",
+    )
+
+
+def dead_letters() -> timeseries.Panel:
+    return (
+        graph(
+            "Dead letters per second by reason",
+            "Messages sent to the dead-letter topic; each keeps its bytes and an error header.",
+            [query(f"sum by (reason) (rate(pixelwatch_dlq_total[{RATE}]))", "{{reason}}")],
+            "short",
+        )
+        .stacking(common.StackingConfig().mode(common_model.StackingMode.NORMAL))
+        .span(12)
+    )
+
+
+def consumer_lag() -> timeseries.Panel:
+    return graph(
+        "Consumer lag by partition",
+        "Messages in each input partition not yet committed by the group.",
+        [query("sum by (topic, partition) (pixelwatch_consumer_lag)", "{{topic}}[{{partition}}]")],
+        "short",
+    ).span(12)
+
+
+def model_info() -> table.Panel:
+    hidden = {name: True for name in ("Time", "__name__", "job", "Value #A")}
+    return (
+        table.Panel()
+        .title("Model per worker")
+        .description("The scoring model, metric and threshold each worker uses.")
+        .datasource(DATASOURCE)
+        .targets(
+            [
+                query("pixelwatch_model_info", ref="A").format(PromQueryFormat.TABLE).instant(),
+                query("pixelwatch_threshold", ref="B").format(PromQueryFormat.TABLE).instant(),
+            ]
+        )
+        .with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={"excludeByName": hidden, "renameByName": {"Value #B": "threshold"}},
+            )
+        )
+        .height(6)
+        .span(12)
+    )
+
+
+def framework() -> timeseries.Panel:
+    # The committed offsets are gauges: their slope is the committed message rate.
+    return graph(
+        "Messages consumed and committed per second (faust)",
+        "Messages faust fetched from the input topic, and how fast the group commits them.",
+        [
+            query(f"sum(rate(faust_messages_received_total[{RATE}]))", "consumed", "A"),
+            query(f"sum(deriv(faust_topic_partition_offset_commited[{RATE}]))", "committed", "B"),
+        ],
+        "short",
+    ).span(6)
+
+
+def commit_latency() -> timeseries.Panel:
+    return graph(
+        "Offset commit latency p50 / p99 (faust)",
+        "Milliseconds per consumer offset commit (includes flushing the producer).",
+        quantiles("faust_consumer_commit_latency"),
+        "ms",
+    ).span(6)
+
+
+def build() -> model.Dashboard:
+    variables = [
+        dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"),
+        dashboard.QueryVariable("threshold")
+        .datasource(DATASOURCE)
+        .query("query_result(max(pixelwatch_threshold))")
+        # query_result lines read `{} 0.6 1712345678000`: keep the value.
+        .regex(r"/\} (\S+) /")
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .hide(model.VariableHide.HIDE_VARIABLE),
+    ]
+    board = (
+        dashboard.Dashboard("pixelwatch")
+        .uid(UID)
+        .description("Streaming image anomaly detection: throughput, verdicts, latency, lag.")
+        .tags(["pixelwatch", "kafka", "faust"])
+        .editable()
+        .time("now-1h", "now")
+        .refresh("30s")
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .variables(list(variables))
+        .with_row(dashboard.Row("Verdicts"))
+        .with_panel(throughput())
+        .with_panel(anomaly_rate())
+        .with_panel(workers())
+        .with_panel(threshold())
+        .with_panel(similarity_heatmap())
+        .with_panel(similarity_quantiles())
+        .with_row(dashboard.Row("Performance"))
+        .with_panel(inference_latency())
+        .with_panel(end_to_end_latency())
+        .with_panel(batch_size())
+        .with_row(dashboard.Row("Errors and backlog"))
+        .with_panel(dead_letters())
+        .with_panel(consumer_lag())
+        .with_row(dashboard.Row("Model and framework"))
+        .with_panel(model_info())
+        .with_panel(framework())
+        .with_panel(commit_latency())
+    )
+    built = board.build()
+    # Stable ids in layout order, so links to a panel (`viewPanel=`) survive regeneration.
+    for number, panel in enumerate(built.panels or [], start=1):
+        panel.id_val = number
+    return built
+
+
+def render() -> str:
+    return json.dumps(build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if argv == ["--check"]:
+        if OUTPUT.read_text(encoding="utf-8") != text:
+            print(f"{OUTPUT} is stale: run python {__file__}", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
