@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from service.errors import InputError
@@ -28,6 +29,7 @@ from service.schemas import (
 from service.similarity import METRICS, MetricName
 
 Reason = DeadLetterReason
+Row = list[float] | NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,30 +90,8 @@ class Rejected(Exception):
         self.reason = reason
 
 
-def decode_pixels(message: ImageMessage, shape: ImageShape) -> np.ndarray:
-    """The message's pixels as float32 [width*height], or `Rejected`."""
-    if isinstance(message.pixels, str):
-        try:
-            return parse_art(message.pixels, shape, source="pixels")
-        except InputError as exc:
-            reason = Reason.PIXEL_VALUE if "character" in exc.problem else Reason.PIXEL_COUNT
-            raise Rejected(reason, f"pixels: {exc.problem}") from None
-    if len(message.pixels) != shape.size:
-        raise Rejected(
-            Reason.PIXEL_COUNT,
-            f"pixels: {len(message.pixels)} values, expected {shape.size} ({shape})",
-        )
-    values = np.asarray(message.pixels, dtype=np.float32)
-    bad = ~np.isfinite(values) | (values < 0) | (values > 1)
-    if bad.any():
-        index = int(np.argmax(bad))
-        raise Rejected(
-            Reason.PIXEL_VALUE, f"pixels[{index}]: {message.pixels[index]} is outside [0, 1]"
-        )
-    return values
-
-
-def decode(record: Record, shape: ImageShape, max_bytes: int) -> tuple[ImageMessage, np.ndarray]:
+def parse(record: Record, shape: ImageShape, max_bytes: int) -> tuple[ImageMessage, Row]:
+    """Validate one record's JSON and pixel count; value ranges are checked per batch."""
     raw = record.value
     if raw is None or not raw:
         raise Rejected(Reason.INVALID_JSON, "empty message value")
@@ -121,7 +101,31 @@ def decode(record: Record, shape: ImageShape, max_bytes: int) -> tuple[ImageMess
         message = ImageMessage.model_validate_json(raw)
     except ValidationError as exc:
         raise Rejected(*_explain(exc)) from None
-    return message, decode_pixels(message, shape)
+    if isinstance(message.pixels, str):
+        try:
+            return message, parse_art(message.pixels, shape, source="pixels")
+        except InputError as exc:
+            reason = Reason.PIXEL_VALUE if "character" in exc.problem else Reason.PIXEL_COUNT
+            raise Rejected(reason, f"pixels: {exc.problem}") from None
+    if len(message.pixels) != shape.size:
+        raise Rejected(
+            Reason.PIXEL_COUNT,
+            f"pixels: {len(message.pixels)} values, expected {shape.size} ({shape})",
+        )
+    return message, message.pixels
+
+
+def out_of_range(pixels: NDArray[np.float32]) -> NDArray[np.bool_]:
+    """Per row of a batch: does any pixel lie outside [0, 1] or is not finite?"""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(pixels) | (pixels < 0) | (pixels > 1)
+    return np.asarray(bad.any(axis=1))
+
+
+def _value_problem(row: NDArray[np.float32]) -> str:
+    bad = ~np.isfinite(row) | (row < 0) | (row > 1)
+    index = int(np.argmax(bad))
+    return f"pixels[{index}]: {float(row[index])} is outside [0, 1]"
 
 
 def _explain(exc: ValidationError) -> tuple[DeadLetterReason, str]:
@@ -160,20 +164,34 @@ class BatchScorer:
     def process(self, records: Sequence[Record]) -> BatchResult:
         now = datetime.now(UTC)
         result = BatchResult(detected_at=now.isoformat(timespec="milliseconds"))
-        accepted: list[tuple[Record, ImageMessage]] = []
-        rows: list[np.ndarray] = []
+        parsed: list[tuple[Record, ImageMessage]] = []
+        rows: list[Row] = []
         shape = self.model.shape
         for record in records:
             try:
-                message, pixels = decode(record, shape, self.max_message_bytes)
+                message, row = parse(record, shape, self.max_message_bytes)
             except Rejected as exc:
                 result.dead.append(DeadLetter(record, exc.reason, str(exc)))
                 continue
-            accepted.append((record, message))
-            rows.append(pixels)
+            parsed.append((record, message))
+            rows.append(row)
         if not rows:
             return result
-        scored = self.model.score(np.stack(rows), metric=self.metric, threshold=self.threshold)
+        # One conversion and one range check for the whole batch, not one per message.
+        pixels = np.asarray(rows, dtype=np.float32)
+        bad = out_of_range(pixels)
+        if bad.any():
+            for index in np.flatnonzero(bad):
+                problem = _value_problem(pixels[index])
+                result.dead.append(DeadLetter(parsed[index][0], Reason.PIXEL_VALUE, problem))
+            keep = ~bad
+            parsed = [p for p, ok in zip(parsed, keep.tolist(), strict=True) if ok]
+            pixels = pixels[keep]
+            if not parsed:
+                return result
+        accepted = parsed
+        rows = list(pixels)
+        scored = self.model.score(pixels, metric=self.metric, threshold=self.threshold)
         similarity = scored.similarity.tolist()
         anomaly = scored.anomaly.tolist()
         scores = {m: scored.scores[m].tolist() for m in METRICS}
