@@ -9,6 +9,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+
+from service.images import read_images
+from service.model import load_model
+from service.samples import SEED_TEST, SEED_TRAIN
+from service.schemas import HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC, ScoreMessage
 from worker_harness import (
     WorkerProcess,
     WorkerTopics,
@@ -17,11 +22,6 @@ from worker_harness import (
     wait_for_topic,
     worker_env,
 )
-
-from service.images import read_images
-from service.model import load_model
-from service.samples import SEED_TEST, SEED_TRAIN
-from service.schemas import HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC, ScoreMessage
 
 pytestmark = pytest.mark.kafka
 

@@ -1,16 +1,21 @@
 """Runs the real `pixelwatch worker` command against the test broker, and reads its topics."""
 
 import asyncio
+import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Final
 
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
@@ -149,3 +154,265 @@ async def consume_until(
         return records
     finally:
         await consumer.stop()
+
+
+# ---- The deployment files as the containers see them: docker-compose.yml, deploy/Dockerfile ----
+# No Docker engine runs the tests, so these helpers derive what a container would run (argv,
+# environment, working directory) from the two files, and map container paths and host names
+# onto the test machine.
+
+REPO: Final = Path(__file__).resolve().parents[1]
+COMPOSE_FILE: Final = REPO / "docker-compose.yml"
+DOCKERFILE: Final = REPO / "deploy" / "Dockerfile"
+
+_VARIABLE: Final = re.compile(
+    r"\$(?:(?P<escaped>\$)"
+    r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<named>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def interpolate(text: str, variables: Mapping[str, str]) -> str:
+    """Compose's substitution: `$$`, `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+    `${VAR:?message}` and `${VAR?message}` (defaults are not themselves interpolated)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["braced"] or match["named"]
+        value, op, arg = variables.get(name), match["op"], match["arg"] or ""
+        unset = value is None or (value == "" and op is not None and op.startswith(":"))
+        if op in (":?", "?") and unset:
+            raise KeyError(f"${{{name}}} is required: {arg}")
+        if op in (":-", "-") and unset:
+            return arg
+        return value or ""
+
+    return _VARIABLE.sub(substitute, text)
+
+
+def interpolated(node: Any, variables: Mapping[str, str]) -> Any:
+    """Every string value of a loaded YAML document interpolated (keys stay as they are)."""
+    if isinstance(node, str):
+        return interpolate(node, variables)
+    if isinstance(node, list):
+        return [interpolated(item, variables) for item in node]
+    if isinstance(node, dict):
+        return {key: interpolated(value, variables) for key, value in node.items()}
+    return node
+
+
+def load_compose(variables: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml as `docker compose config` sees it with these shell variables."""
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    result = interpolated(data, variables or {})
+    assert isinstance(result, dict)
+    return result
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One Dockerfile instruction: continuation lines joined, comments dropped."""
+
+    keyword: str  # upper case
+    value: str  # everything after the keyword
+    line: int
+
+    @property
+    def flags(self) -> dict[str, list[str]]:
+        """Leading `--name=value` options (`--mount` may repeat)."""
+        found: dict[str, list[str]] = {}
+        for name, value in re.findall(r"--([a-z-]+)=(\S+)\s", self._flag_part()):
+            found.setdefault(name, []).append(value)
+        return found
+
+    @property
+    def body(self) -> str:
+        """The value without its leading options."""
+        return self.value[len(self._flag_part()) :].strip()
+
+    def _flag_part(self) -> str:
+        match = re.match(r"\s*(?:--[a-z-]+=\S+\s+)*", self.value)
+        return match.group(0) if match else ""
+
+    def argv(self) -> list[str]:
+        """The exec form (a JSON array) as is; the shell form as `/bin/sh -c BODY`."""
+        body = self.body
+        if body.startswith("["):
+            parsed = json.loads(body)
+            assert isinstance(parsed, list) and all(isinstance(a, str) for a in parsed)
+            return list(parsed)
+        return ["/bin/sh", "-c", body]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    base: str  # the FROM image, or the name of an earlier stage
+    instructions: tuple[Instruction, ...]
+
+    def find(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """What `docker inspect` would report for a built target, as far as the tests need it."""
+
+    entrypoint: list[str]
+    cmd: list[str]
+    env: dict[str, str]
+    user: str
+    workdir: str
+    healthcheck: list[str] | None  # the argv of its CMD, or None
+
+
+@dataclass(frozen=True)
+class Dockerfile:
+    args: dict[str, str]  # ARGs before the first FROM, with their defaults
+    stages: tuple[Stage, ...]
+
+    def stage(self, name: str) -> Stage:
+        matches = [s for s in self.stages if s.name == name]
+        assert len(matches) == 1, f"no single stage named {name}"
+        return matches[0]
+
+    def chain(self, target: str) -> list[Stage]:
+        """The stages a target is built on, the outermost base first."""
+        names = {s.name for s in self.stages}
+        chain = [self.stage(target)]
+        while chain[0].base in names:
+            chain.insert(0, self.stage(chain[0].base))
+        return chain
+
+    def image(self, target: str, base_env: Mapping[str, str]) -> ImageConfig:
+        """The config of `target`; `base_env` stands for the base image's environment."""
+        env = dict(base_env)
+        entrypoint: list[str] = []
+        cmd: list[str] = []
+        user, workdir = "root", "/"
+        healthcheck: list[str] | None = None
+        for stage in self.chain(target):
+            for ins in stage.instructions:
+                if ins.keyword == "ENV":
+                    for pair in shlex.split(ins.value):
+                        key, _, value = pair.partition("=")
+                        env[key] = _expand(value, env)
+                elif ins.keyword == "ENTRYPOINT":
+                    entrypoint, cmd = ins.argv(), []  # Docker resets an inherited CMD
+                elif ins.keyword == "CMD":
+                    cmd = ins.argv()
+                elif ins.keyword == "USER":
+                    user = ins.value.strip()
+                elif ins.keyword == "WORKDIR":
+                    workdir = str(Path(workdir) / _expand(ins.value.strip(), env))
+                elif ins.keyword == "HEALTHCHECK":
+                    body = ins.body
+                    if body.upper() == "NONE":
+                        healthcheck = None
+                    else:
+                        assert body.startswith("CMD "), ins
+                        healthcheck = Instruction("CMD", body[4:], ins.line).argv()
+        return ImageConfig(entrypoint, cmd, env, user, workdir, healthcheck)
+
+
+def _expand(text: str, env: Mapping[str, str]) -> str:
+    return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: env.get(m.group(1), ""), text)
+
+
+def parse_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:
+    logical: list[tuple[int, str]] = []
+    current: str | None = None
+    start = 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("#") or (current is not None and not stripped):
+            continue  # comments, also inside continued instructions; blank continuation lines
+        if current is None:
+            if not stripped:
+                continue
+            current, start = stripped, number
+        else:
+            current += line
+        if current.rstrip().endswith("\\"):
+            current = current.rstrip()[:-1]
+        else:
+            logical.append((start, current))
+            current = None
+    assert current is None, "the Dockerfile ends inside a continued instruction"
+
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    pending: list[Instruction] = []
+    name, base = "", ""
+    for number, text in logical:
+        keyword, _, value = text.partition(" ")
+        ins = Instruction(keyword.upper(), value.strip(), number)
+        if ins.keyword == "FROM":
+            if name:
+                stages.append(Stage(name, base, tuple(pending)))
+            words = ins.body.split()
+            base = words[0]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
+            pending = []
+        elif not name:
+            assert ins.keyword == "ARG", f"line {number}: only ARG may precede the first FROM"
+            key, _, default = ins.value.partition("=")
+            args[key] = default
+        else:
+            pending.append(ins)
+    stages.append(Stage(name, base, tuple(pending)))
+    return Dockerfile(args, tuple(stages))
+
+
+def map_text(text: str, mapping: Mapping[str, str]) -> str:
+    """Replace container paths and host names by their test counterparts, in one pass."""
+    if not mapping:
+        return text
+    pattern = "|".join(re.escape(key) for key in sorted(mapping, key=len, reverse=True))
+    return re.sub(pattern, lambda m: mapping[m.group(0)], text)
+
+
+@dataclass(frozen=True)
+class ContainerCommand:
+    """What a compose service's container runs: argv, environment and working directory."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+
+def service_env(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's `environment`, in either of compose's two notations."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {str(k): str(v) for k, v in raw.items() if v is not None}
+
+
+def _words(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return shlex.split(value)
+    assert isinstance(value, list)
+    return [str(v) for v in value]
+
+
+def container_command(
+    service: Mapping[str, Any], image: ImageConfig, mapping: Mapping[str, str]
+) -> ContainerCommand:
+    """The service's process as Docker would start it from `image`, mapped onto this machine.
+
+    Compose's `entrypoint` replaces the image's ENTRYPOINT and drops its CMD; `command`
+    replaces the CMD; `environment` is laid over the image's ENV.
+    """
+    if "entrypoint" in service:
+        argv = _words(service["entrypoint"]) + _words(service.get("command") or [])
+    else:
+        argv = image.entrypoint + _words(service.get("command", image.cmd))
+    env = {**image.env, **service_env(service)}
+    return ContainerCommand(
+        argv=[map_text(a, mapping) for a in argv],
+        env={k: map_text(v, mapping) for k, v in env.items()},
+        cwd=Path(map_text(service.get("working_dir") or image.workdir, mapping)),
+    )
