@@ -40,6 +40,9 @@ typecheck: venv ## mypy (strict)
 test: venv prereqs prometheus lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
+bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/)
+	$(BIN)/python tests/benchmarks/bench.py
+
 broker: venv prereqs ## run a local Kafka broker on port 9092 until Ctrl-C
 	$(BIN)/pixelwatch broker
 
@@ -52,4 +55,4 @@ schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv prereqs prometheus demo lint typecheck test broker dashboard schemas clean
+.PHONY: help venv prereqs prometheus demo lint typecheck test bench broker dashboard schemas clean

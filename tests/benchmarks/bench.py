@@ -1,0 +1,425 @@
+"""`make bench`: the worker against the pipeline's own limits, side by side on one broker.
+
+Every contender consumes the same pre-produced input (N image messages over P partitions,
+a fixed share anomalous) in its own process and consumer group. Throughput is outputs per
+second between the first and the last output appearing in the contender's output topic
+(start-up and group joining are excluded for everyone alike). Ratios, not absolute rates,
+are the result: they hold across machines.
+
+    python tests/benchmarks/bench.py [--messages 200000] [--out bench-results/bench.json]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from rich.console import Console
+from rich.table import Table
+
+from service.broker import KAFKA_VERSION, LocalBroker, free_port
+from service.config import Settings
+from service.images import read_images
+from service.producer import encode
+from service.samples import SEED_TRAIN
+
+ROOT = Path(__file__).resolve().parents[2]
+console = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class Config:
+    messages: int = 200_000
+    partitions: int = 4
+    anomalous_share: float = 0.05
+    naive_messages: int = 20_000
+    latency_seconds: float = 20.0
+    model: Path = ROOT / "artifacts" / "bench" / "seed.onnx"
+    workdir: Path = ROOT / "bench-results" / "work"
+    tuned: dict[str, str] = field(
+        default_factory=lambda: {"PIXELWATCH_BATCH_SIZE": "2000", "PIXELWATCH_BATCH_WINDOW": "0.1"}
+    )
+    timeout: float = 600.0
+
+
+@dataclass
+class Throughput:
+    name: str
+    messages: int
+    seconds: float
+    per_second: float
+    peak_rss_mb: float | None = None
+
+
+def make_images(count: int, share: float, seed: int = 0) -> np.ndarray:
+    """Normal images (the course's two, with a flipped pixel or none) and random-noise anomalies."""
+    rng = np.random.default_rng(seed)
+    normal = read_images(SEED_TRAIN).pixels
+    images = normal[rng.integers(0, len(normal), count)].copy()
+    flips = rng.integers(0, images.shape[1], count)
+    images[np.arange(count), flips] = 1.0 - images[np.arange(count), flips]
+    anomalous = rng.random(count) < share
+    images[anomalous] = (rng.random((int(anomalous.sum()), images.shape[1])) < 0.5).astype(
+        np.float32
+    )
+    return images.astype(np.float32)
+
+
+async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def produce_images(
+    bootstrap: str, topic: str, images: np.ndarray, prefix: str, rate: float = 0.0
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=262_144)
+    await producer.start()
+    pending = []
+    started = time.monotonic()
+    try:
+        for i, pixels in enumerate(images):
+            if rate > 0:
+                ahead = started + i / rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            ident = f"{prefix}{i}"
+            value = encode(pixels, ident, int(time.time() * 1000))
+            pending.append(await producer.send(topic, value=value, key=ident.encode()))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def topic_partitions(bootstrap: str, topic: str, wait: float) -> list[TopicPartition]:
+    """The topic's partitions, once it exists (workers create their output topics)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + wait
+        while topic not in await admin.list_topics():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic} was not created within {wait:.0f}s")
+            await asyncio.sleep(0.1)
+        [description] = await admin.describe_topics([topic])
+        return [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
+    finally:
+        await admin.close()
+
+
+async def wait_for_outputs(
+    bootstrap: str, topic: str, expected: int, process: subprocess.Popen[bytes], wait: float
+) -> tuple[float, float, int]:
+    """Poll the output topic's end offsets: (time of first output, time of last, first count)."""
+    partitions = await topic_partitions(bootstrap, topic, wait)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + wait
+        first: tuple[float, int] | None = None
+        while True:
+            now = time.monotonic()
+            if process.poll() is not None:
+                raise RuntimeError(f"contender exited with {process.returncode}")
+            if now > deadline:
+                raise TimeoutError(f"{topic}: outputs did not reach {expected} in {wait:.0f}s")
+            count = sum((await consumer.end_offsets(partitions)).values())
+            if count and first is None:
+                first = (now, count)
+            if count >= expected:
+                assert first is not None
+                return first[0], now, first[1]
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.stop()
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = log.open("wb")
+    return subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+
+
+def contender_argv(
+    name: str, bootstrap: str, source: str, sink: str, group: str, datadir: Path
+) -> list[str]:
+    script = str(Path(__file__).with_name("contenders.py"))
+    return [
+        sys.executable, script, name, "--bootstrap", bootstrap, "--input", source,
+        "--output", sink, "--group", group, "--datadir", str(datadir),
+    ]  # fmt: skip
+
+
+def worker_env(
+    bootstrap: str, cfg: Config, run: str, source: str, extra: dict[str, str]
+) -> dict[str, str]:
+    return {
+        "PYTHONPATH": str(ROOT),
+        "PIXELWATCH_BOOTSTRAP": bootstrap,
+        "PIXELWATCH_MODEL": str(cfg.model),
+        "PIXELWATCH_INPUT_TOPIC": source,
+        "PIXELWATCH_SCORES_TOPIC": f"scores-{run}",
+        "PIXELWATCH_ANOMALIES_TOPIC": f"anomalies-{run}",
+        "PIXELWATCH_DLQ_TOPIC": f"dlq-{run}",
+        "PIXELWATCH_GROUP_ID": f"bench-{run}",
+        "PIXELWATCH_PARTITIONS": str(cfg.partitions),
+        "PIXELWATCH_METRICS_PORT": "0",
+        "PIXELWATCH_DATA_DIR": str(cfg.workdir / run),
+        "PIXELWATCH_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+async def measure(
+    name: str,
+    processes: list[subprocess.Popen[bytes]],
+    bootstrap: str,
+    sink: str,
+    expected: int,
+    wait: float,
+) -> Throughput:
+    try:
+        first, last, first_count = await wait_for_outputs(
+            bootstrap, sink, expected, processes[0], wait
+        )
+        rss = max((peak_rss_mb(p.pid) or 0.0) for p in processes)
+    finally:
+        for p in processes:
+            stop(p)
+    seconds = max(last - first, 1e-3)
+    rate = (expected - first_count) / seconds
+    console.print(f"  {name}: {expected} outputs, {rate:,.0f}/s, peak RSS {rss:.0f} MB")
+    return Throughput(name, expected, seconds, rate, rss)
+
+
+async def run_contender(
+    name: str, bootstrap: str, source: str, count: int, cfg: Config
+) -> Throughput:
+    run = uuid.uuid4().hex[:8]
+    sink = f"out-{name}-{run}"
+    await create_topics(bootstrap, [sink], cfg.partitions)
+    group = f"bench-{name}-{run}"
+    argv = contender_argv(name, bootstrap, source, sink, group, cfg.workdir / group)
+    process = spawn(argv, {"PYTHONPATH": str(ROOT)}, cfg.workdir / f"{name}.log")
+    return await measure(name, [process], bootstrap, sink, count, cfg.timeout)
+
+
+async def run_worker(
+    label: str, bootstrap: str, source: str, cfg: Config, extra: dict[str, str], workers: int = 1
+) -> Throughput:
+    run = uuid.uuid4().hex[:8]
+    env = worker_env(bootstrap, cfg, run, source, extra)
+    argv = [sys.executable, "-m", "service.cli", "worker"]
+    processes = [spawn(argv, env, cfg.workdir / f"{label}-{i}.log") for i in range(workers)]
+    return await measure(label, processes, bootstrap, f"scores-{run}", cfg.messages, cfg.timeout)
+
+
+async def latency(bootstrap: str, cfg: Config, rate: float) -> dict[str, float]:
+    """End-to-end latency at a fixed input rate: producer timestamp to output seen by a consumer."""
+    run = uuid.uuid4().hex[:8]
+    source = f"lat-in-{run}"
+    await create_topics(bootstrap, [source], cfg.partitions)
+    env = worker_env(bootstrap, cfg, run, source, {})
+    worker = spawn(
+        [sys.executable, "-m", "service.cli", "worker"], env, cfg.workdir / "latency.log"
+    )
+    count = max(int(rate * cfg.latency_seconds), 10)
+    images = make_images(count + 1, cfg.anomalous_share, seed=1)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, fetch_max_wait_ms=5, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        # Warm up: one message through, so group joining is not counted as latency.
+        await produce_images(bootstrap, source, images[:1], "warm-")
+        await wait_for_outputs(bootstrap, f"scores-{run}", 1, worker, cfg.timeout)
+        partitions = [TopicPartition(f"scores-{run}", p) for p in range(cfg.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end()
+        latencies: list[float] = []
+
+        async def collect() -> None:
+            while len(latencies) < count:
+                batches = await consumer.getmany(timeout_ms=20)
+                now_ms = time.time() * 1000
+                for records in batches.values():
+                    for r in records:
+                        latencies.append(now_ms - json.loads(r.value)["ts"])
+
+        collector = asyncio.create_task(collect())
+        await produce_images(bootstrap, source, images[1:], "lat-", rate=rate)
+        await asyncio.wait_for(collector, timeout=cfg.timeout)
+    finally:
+        await consumer.stop()
+        stop(worker)
+    values = np.asarray(latencies)
+    return {
+        "rate_per_second": rate,
+        "messages": float(len(values)),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+    }
+
+
+def ensure_model(cfg: Config) -> None:
+    if cfg.model.is_file():
+        return
+    command = [
+        sys.executable, "-m", "service.cli", "train", "--data", str(SEED_TRAIN),
+        "--out", str(cfg.model), "--epochs", "800", "--threshold", "0.6", "--no-progress",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
+    ensure_model(cfg)
+    run = uuid.uuid4().hex[:8]
+    source, naive_source = f"bench-in-{run}", f"bench-naive-in-{run}"
+    await create_topics(bootstrap, [source, naive_source], cfg.partitions)
+    console.print(f"producing {cfg.messages} messages over {cfg.partitions} partitions…")
+    images = make_images(cfg.messages, cfg.anomalous_share)
+    await produce_images(bootstrap, source, images, "img-")
+    await produce_images(bootstrap, naive_source, images[: cfg.naive_messages], "img-")
+
+    results: dict[str, Throughput] = {}
+    console.print("throughput:")
+    results["limit"] = await run_contender("limit", bootstrap, source, cfg.messages, cfg)
+    results["parse_limit"] = await run_contender("parse", bootstrap, source, cfg.messages, cfg)
+    results["naive"] = await run_contender(
+        "naive", bootstrap, naive_source, cfg.naive_messages, cfg
+    )
+    results["worker"] = await run_worker("worker", bootstrap, source, cfg, {})
+    results["worker_tuned"] = await run_worker("worker_tuned", bootstrap, source, cfg, cfg.tuned)
+    results["worker_x2"] = await run_worker("worker_x2", bootstrap, source, cfg, {}, workers=2)
+    console.print("latency at 50% of the worker's throughput…")
+    lat = await latency(bootstrap, cfg, 0.5 * results["worker"].per_second)
+
+    worker = results["worker"].per_second
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "versions": {
+            "kafka": KAFKA_VERSION,
+            **{p: version(p) for p in ("pixelwatch", "faust-streaming", "aiokafka", "onnxruntime")},
+        },
+        "config": {k: str(v) for k, v in asdict(cfg).items()},
+        "throughput": {k: asdict(v) for k, v in results.items()},
+        "latency": lat,
+        "ratios": {
+            "worker/limit": worker / results["limit"].per_second,
+            "worker/parse_limit": worker / results["parse_limit"].per_second,
+            "worker/naive": worker / results["naive"].per_second,
+            "worker_tuned/limit": results["worker_tuned"].per_second / results["limit"].per_second,
+            "worker_x2/worker": results["worker_x2"].per_second / worker,
+        },
+        "targets": {
+            "worker/limit >= 0.5": worker / results["limit"].per_second >= 0.5,
+            "worker/parse_limit >= 0.8": worker / results["parse_limit"].per_second >= 0.8,
+            "worker/naive >= 10": worker / results["naive"].per_second >= 10,
+            "p99 <= window + 25 ms": lat["p99_ms"] <= Settings().batch_window * 1000 + 25,
+            "peak RSS <= 300 MB": (results["worker"].peak_rss_mb or 0) <= 300,
+        },
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    table = Table(title="pixelwatch benchmark")
+    table.add_column("contender")
+    table.add_column("messages", justify="right")
+    table.add_column("per second", justify="right")
+    table.add_column("peak RSS MB", justify="right")
+    for name, row in report["throughput"].items():
+        rss = row["peak_rss_mb"]
+        table.add_row(
+            name, f"{row['messages']:,}", f"{row['per_second']:,.0f}", f"{rss:.0f}" if rss else ""
+        )
+    out = Console(highlight=False)
+    out.print(table)
+    lat = report["latency"]
+    out.print(
+        f"latency at {lat['rate_per_second']:,.0f}/s: p50 {lat['p50_ms']:.1f} ms, "
+        f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
+    )
+    for name, value in report["ratios"].items():
+        out.print(f"{name}: {value:.2f}")
+    for name, ok in report["targets"].items():
+        out.print(f"target {name}: {'met' if ok else 'MISSED'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    defaults = Config()
+    parser.add_argument("--messages", type=int, default=defaults.messages)
+    parser.add_argument("--partitions", type=int, default=defaults.partitions)
+    parser.add_argument("--naive-messages", type=int, default=defaults.naive_messages)
+    parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds)
+    parser.add_argument("--bootstrap", help="use this Kafka instead of starting a local one")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    args = parser.parse_args(argv)
+    cfg = Config(
+        messages=args.messages,
+        partitions=args.partitions,
+        naive_messages=min(args.naive_messages, args.messages),
+        latency_seconds=args.latency_seconds,
+    )
+    if args.bootstrap:
+        report = asyncio.run(bench(args.bootstrap, cfg))
+    else:
+        with LocalBroker(port=free_port()) as broker:
+            report = asyncio.run(bench(broker.bootstrap, cfg))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    console.print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""A small run of `make bench` end to end: every contender, the latency run and the report."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench import Config, bench
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+async def test_benchmark_runs_every_contender_and_reports_ratios(
+    kafka_bootstrap: str, seed_model_path: Path, tmp_path: Path
+) -> None:
+    cfg = Config(
+        messages=400,
+        partitions=2,
+        naive_messages=100,
+        latency_seconds=2.0,
+        model=seed_model_path,
+        workdir=tmp_path,
+    )
+    report = await bench(kafka_bootstrap, cfg)
+
+    expected = {"limit", "parse_limit", "naive", "worker", "worker_tuned", "worker_x2"}
+    assert set(report["throughput"]) == expected
+    for name, row in report["throughput"].items():
+        assert row["per_second"] > 0 and math.isfinite(row["per_second"]), name
+    assert report["throughput"]["naive"]["messages"] == 100
+    assert report["throughput"]["worker"]["peak_rss_mb"] > 0
+    assert report["latency"]["messages"] >= 10
+    assert (
+        0
+        < report["latency"]["p50_ms"]
+        <= report["latency"]["p99_ms"]
+        <= report["latency"]["max_ms"]
+    )
+    for name, ratio in report["ratios"].items():
+        assert ratio > 0 and math.isfinite(ratio), name
+    assert set(report["targets"]) == {
+        "worker/limit >= 0.5",
+        "worker/parse_limit >= 0.8",
+        "worker/naive >= 10",
+        "p99 <= window + 25 ms",
+        "peak RSS <= 300 MB",
+    }
