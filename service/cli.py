@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # aiokafka narrates every group join and metadata update at INFO.
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
     assert module is not None  # argparse requires a subcommand
     try:
         return int(module.run(args))

@@ -30,6 +30,7 @@ from service.images import ImageShape, read_images, render
 from service.kafka import client_options
 from service.producer import produce
 from service.samples import SEED_TEST, SEED_TRAIN
+from service.topics import wait_for_partitions
 
 console = Console(highlight=False)
 
@@ -103,13 +104,23 @@ def run(args: argparse.Namespace) -> int:
         data_dir = Path(".pixelwatch") / "demo"
         data_dir.mkdir(parents=True, exist_ok=True)
         env = _worker_env(settings, args.model, data_dir)
-        worker = subprocess.Popen(pixelwatch("worker"), env=env)
-        try:
-            asyncio.run(_stream(settings, args, worker))
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            code = worker.wait(timeout=60)
-            console.print(f"[dim]worker stopped (exit code {code})[/]")
+        log_path = data_dir / "worker.log"
+        with log_path.open("wb") as log_file:
+            # The worker's own log (group joins, commits) would drown the anomalies: keep it aside.
+            worker = subprocess.Popen(
+                pixelwatch("worker"), env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+            console.print(f"[dim]worker started (log: {log_path})[/]")
+            try:
+                asyncio.run(_stream(settings, args, worker))
+            except BaseException:
+                tail = log_path.read_text(errors="replace").splitlines()[-15:]
+                console.print("[dim]last lines of the worker log:[/]\n" + "\n".join(tail))
+                raise
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                code = worker.wait(timeout=60)
+                console.print(f"[dim]worker stopped (exit code {code})[/]")
     console.print(f"[bold]demo finished in {time.monotonic() - started:.0f}s[/]")
     return 0
 
@@ -151,27 +162,22 @@ async def _stream(
     await consumer.start()
     try:
         # The worker creates the topics; read every partition of the scores topic directly.
-        await _wait_for_topic(consumer, settings.scores_topic, worker, args.timeout)
-        partitions = consumer.partitions_for_topic(settings.scores_topic) or set()
-        consumer.assign([TopicPartition(settings.scores_topic, p) for p in sorted(partitions)])
+        waiting = asyncio.ensure_future(
+            wait_for_partitions(settings, settings.scores_topic, args.timeout)
+        )
+        while not waiting.done():
+            if worker.poll() is not None:
+                waiting.cancel()
+                raise PixelwatchError(f"the worker exited early with code {worker.returncode}")
+            await asyncio.sleep(0.25)
+        partitions = waiting.result()
+        consumer.assign([TopicPartition(settings.scores_topic, p) for p in partitions])
         await consumer.seek_to_beginning()
         await produce(settings, images, names)
         console.print(f"streamed {len(names)} images to {settings.input_topic}")
         await _show_results(consumer, set(names), shape, worker, args.timeout)
     finally:
         await consumer.stop()
-
-
-async def _wait_for_topic(
-    consumer: AIOKafkaConsumer, topic: str, worker: subprocess.Popen[bytes], wait: float
-) -> None:
-    deadline = time.monotonic() + wait
-    while topic not in await consumer.topics():
-        if worker.poll() is not None:
-            raise PixelwatchError(f"the worker exited early with code {worker.returncode}")
-        if time.monotonic() > deadline:
-            raise PixelwatchError(f"the worker did not create {topic} within {wait:.0f}s")
-        await asyncio.sleep(0.5)
 
 
 async def _show_results(

@@ -73,3 +73,18 @@ async def ensure_topics(settings: Settings, wait: float = 120.0) -> list[str]:
         return created
     finally:
         await admin.close()
+
+
+async def wait_for_partitions(settings: Settings, topic: str, wait: float) -> list[int]:
+    """The partition numbers of `topic`, once it exists (a worker creates it at start-up)."""
+    admin = await connect_admin(settings, wait)
+    try:
+        deadline = time.monotonic() + wait
+        while topic not in await admin.list_topics():
+            if time.monotonic() > deadline:
+                raise PixelwatchError(f"topic {topic} was not created within {wait:.0f}s")
+            await asyncio.sleep(0.25)
+        [description] = await admin.describe_topics([topic])
+        return sorted(p["partition"] for p in description["partitions"])
+    finally:
+        await admin.close()
