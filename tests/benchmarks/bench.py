@@ -205,7 +205,8 @@ def worker_env(
         "PIXELWATCH_DLQ_TOPIC": f"dlq-{run}",
         "PIXELWATCH_GROUP_ID": f"bench-{run}",
         "PIXELWATCH_PARTITIONS": str(cfg.partitions),
-        "PIXELWATCH_METRICS_PORT": "0",
+        # Default settings include the metrics endpoint and faust's per-event sensor.
+        "PIXELWATCH_METRICS_PORT": str(free_port()),
         "PIXELWATCH_DATA_DIR": str(cfg.workdir / run),
         "PIXELWATCH_LOG_LEVEL": "WARNING",
         **extra,
