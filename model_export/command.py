@@ -1,16 +1,23 @@
 """`pixelwatch train`: the command-line face of `train_and_export`."""
 
 import argparse
+import dataclasses
 from pathlib import Path
+from typing import Any
 
-from model_export.architectures import ACTIVATIONS, ARCHITECTURES
-from model_export.pipeline import MODES, TrainOptions, TrainResult, train_and_export
+from model_export.architectures import ACTIVATIONS, ARCHITECTURES, parse_params
+from model_export.pipeline import MODES, OptionError, TrainOptions, TrainResult, train_and_export
 from service.similarity import METRICS
 
 DEFAULTS = TrainOptions()
 
 
+SHORTCUTS = ("hidden", "code", "activation")  # flags of their own; --arch-param takes the rest
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = architectures_help()
     parser.add_argument(
         "--data",
         type=Path,
@@ -49,11 +56,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="image height in pixels (default: %(default)s)",
     )
     model.add_argument(
-        "--hidden", type=int, metavar="N", help="hidden layer size (dense default: 16)"
+        "--arch-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an architecture hyper-parameter (repeatable; see the list below)",
     )
-    model.add_argument("--code", type=int, metavar="N", help="bottleneck size (dense default: 4)")
     model.add_argument(
-        "--activation", choices=ACTIVATIONS, help="output activation (default: tanh)"
+        "--hidden", type=int, metavar="N", help="hidden layer size (same as --arch-param hidden=N)"
+    )
+    model.add_argument(
+        "--code", type=int, metavar="N", help="bottleneck size (same as --arch-param code=N)"
+    )
+    model.add_argument(
+        "--activation", choices=ACTIVATIONS, help="output activation (dense default: tanh)"
     )
 
     training = parser.add_argument_group("training")
@@ -105,12 +121,30 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def architectures_help() -> str:
+    """The --arch choices with their hyper-parameters and defaults, for --help."""
+    lines = ["architectures (--arch) and their --arch-param defaults:"]
+    for name, spec in ARCHITECTURES.items():
+        params = " ".join(f"{k}={v}" for k, v in dataclasses.asdict(spec.params()).items())
+        lines.append(f"  {name:<12} {spec.summary}\n  {'':<12} {params}")
+    return "\n".join(lines)
+
+
+def arch_params_from(args: argparse.Namespace) -> dict[str, Any]:
+    """--arch-param KEY=VALUE pairs, plus the --hidden/--code/--activation shortcuts."""
+    params = parse_params(args.arch, args.arch_param)
+    for name in SHORTCUTS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name in params:
+            raise OptionError(f"--{name} and --arch-param {name}=... both given; give one")
+        params[name] = value
+    return params
+
+
 def options_from(args: argparse.Namespace) -> TrainOptions:
-    arch_params = {
-        name: getattr(args, name)
-        for name in ("hidden", "code", "activation")
-        if getattr(args, name) is not None
-    }
+    arch_params = arch_params_from(args)
     return TrainOptions(
         epochs=args.epochs,
         seed=args.seed,

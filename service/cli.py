@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (
             selected in {"train", "evaluate"}
             and exc.name
-            and exc.name.split(".")[0] in {"torch", "onnx"}
+            and exc.name.split(".")[0] in {"torch", "onnx", "sklearn", "matplotlib"}
         ):
             print(
                 "error: training needs the train extra: pip install 'pixelwatch[train]'",

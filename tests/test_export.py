@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from model_fixtures import SEED_TRAIN
 from numpy.typing import NDArray
 from onnx.external_data_helper import uses_external_data
 from torch import nn
@@ -17,6 +16,7 @@ from torch import nn
 import service
 from model_export import TrainOptions, TrainResult, train_and_export
 from model_export.export import ScoringGraph, export_scoring_graph
+from model_fixtures import SEED_TRAIN
 from service.errors import ModelError
 from service.model import (
     FORMAT_VERSION,

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_fixtures import SEED_OPTIONS, SEED_TEST, SEED_TRAIN, seed_model_path  # noqa: F401
 from numpy.typing import NDArray
 
 from model_export.export import ScoringGraph
 from model_export.train import FitSettings, train
+from model_fixtures import SEED_OPTIONS, SEED_TEST, SEED_TRAIN, seed_model_path  # noqa: F401
 from service.images import ImageShape, read_images
 from service.model import ScoredBatch, load_model
 from service.similarity import METRICS, hamming

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from model_fixtures import SEED_TRAIN, seed_model_path  # noqa: F401
 from numpy.typing import NDArray
 from sklearn.datasets import load_digits
 
@@ -14,6 +13,7 @@ from model_export import OptionError, OutputError, TrainOptions, train_and_expor
 from model_export.architectures import ArchitectureError
 from model_export.calibrate import CalibrationError, threshold_for_fpr
 from model_export.command import configure_parser, run
+from model_fixtures import SEED_TRAIN, seed_model_path  # noqa: F401
 from service.errors import InputError, PixelwatchError
 from service.model import load_model
 from service.similarity import METRICS
@@ -126,7 +126,11 @@ def test_threshold_and_fpr_together_are_rejected(capsys: pytest.CaptureFixture[s
             {"metric": "euclid"},
             "--metric must be one of hamming, ruzicka, dice, cosine (got 'euclid')",
         ),
-        ({"arch": "conv"}, "--arch must be one of dense (got 'conv')"),
+        (
+            {"arch": "lstm"},
+            "--arch must be one of contractive, conv, deep, denoising, dense, seq2seq, sparse, vae "
+            "(got 'lstm')",
+        ),
     ],
 )
 def test_invalid_options_are_rejected_with_a_clear_message(

@@ -1,0 +1,146 @@
+"""The benchmark's command: run the protocol, print the table, save it (`table.md`) with
+every run (`results.json`)."""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Final
+
+import sklearn
+import torch
+from rich.console import Console
+
+from model_export.digits.protocol import (
+    ALL_MODES,
+    MODES,
+    Protocol,
+    ProtocolError,
+    Run,
+    run_protocol,
+)
+from model_export.digits.table import Row, Verdict, markdown, rich_table, summarise, targets
+from service.errors import PixelwatchError
+
+DEFAULT_OUT: Final = Path("artifacts/eval-digits")
+
+
+def as_json(
+    protocol: Protocol, runs: Sequence[Run], rows: Sequence[Row], verdict: Verdict, seconds: float
+) -> dict[str, Any]:
+    return {
+        "protocol": asdict(protocol),
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "scikit-learn": sklearn.__version__,
+            "cpus": os.cpu_count(),
+        },
+        "seconds": seconds,
+        "targets": {"met": verdict.met, "lines": verdict.lines},
+        "table": [asdict(row) for row in rows],
+        "runs": [asdict(run) for run in runs],
+    }
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _classes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of digits: {text}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default = Protocol()
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export.digits",
+        description="One-class AUROC of every architecture and metric against classical "
+        "baselines on scikit-learn's 8x8 digits.",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    parser.add_argument("--archs", type=_names, default=default.archs, metavar="A,B,...")
+    parser.add_argument(
+        "--modes",
+        type=_names,
+        default=default.modes,
+        metavar="M,...",
+        help=f"some of {', '.join(ALL_MODES)} (default: {','.join(MODES)})",
+    )
+    parser.add_argument("--classes", type=_classes, default=default.classes, metavar="0,1,...")
+    parser.add_argument("--repetitions", type=int, default=default.repetitions, metavar="N")
+    parser.add_argument("--train-fraction", type=float, default=default.train_fraction)
+    parser.add_argument("--epochs", type=int, default=default.epochs, metavar="N")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size, metavar="N")
+    parser.add_argument("--lr", type=float, default=default.lr)
+    parser.add_argument("--seed", type=int, default=default.seed, metavar="N")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        metavar="N",
+        help="training processes (results do not depend on it; default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=140)  # a log file: do not wrap the table
+    try:
+        protocol = Protocol(
+            archs=args.archs,
+            modes=args.modes,
+            classes=args.classes,
+            repetitions=args.repetitions,
+            train_fraction=args.train_fraction,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+        )
+        if args.jobs < 1:
+            raise ProtocolError("--jobs must be >= 1")
+        start = time.perf_counter()
+        runs = run_protocol(protocol, jobs=args.jobs, progress=True)
+        seconds = time.perf_counter() - start
+        rows = summarise(runs, protocol)
+        verdict = targets(rows, protocol)
+        written = write_results(args.out, protocol, runs, rows, verdict, seconds)
+    except PixelwatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    console.print(rich_table(rows, protocol))
+    for line in verdict.lines:
+        console.print(f"- {line}")
+    console.print(f"{len(runs)} runs in {seconds:.0f} s; wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def write_results(
+    out: Path,
+    protocol: Protocol,
+    runs: Sequence[Run],
+    rows: Sequence[Row],
+    verdict: Verdict,
+    seconds: float,
+) -> list[Path]:
+    table, results = out / "table.md", out / "results.json"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        table.write_text(markdown(rows, protocol, verdict), encoding="utf-8")
+        payload = as_json(protocol, runs, rows, verdict, seconds)
+        results.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ProtocolError(f"cannot write {exc.filename or out}: {exc.strerror}") from None
+    return [table, results]
