@@ -130,13 +130,18 @@ async def topic_partitions(bootstrap: str, topic: str, wait: float) -> list[Topi
 async def wait_for_outputs(
     bootstrap: str, topic: str, expected: int, process: subprocess.Popen[bytes], wait: float
 ) -> tuple[float, float, int]:
-    """Poll the output topic's end offsets: (time of first output, time of last, first count)."""
+    """Poll the output topic's end offsets until `expected`.
+
+    Returns (time of the last poll that saw no output, time all were there, 0): the run is
+    timed from just before its first output, so start-up and group joining are left out and a
+    run that completes between two polls still gets a non-zero duration.
+    """
     partitions = await topic_partitions(bootstrap, topic, wait)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
         deadline = time.monotonic() + wait
-        first: tuple[float, int] | None = None
+        last_empty = time.monotonic()
         while True:
             now = time.monotonic()
             if process.poll() is not None:
@@ -144,11 +149,10 @@ async def wait_for_outputs(
             if now > deadline:
                 raise TimeoutError(f"{topic}: outputs did not reach {expected} in {wait:.0f}s")
             count = sum((await consumer.end_offsets(partitions)).values())
-            if count and first is None:
-                first = (now, count)
-            if count >= expected:
-                assert first is not None
-                return first[0], now, first[1]
+            if count == 0:
+                last_empty = now
+            elif count >= expected:
+                return last_empty, time.monotonic(), 0
             await asyncio.sleep(0.05)
     finally:
         await consumer.stop()
