@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +80,41 @@ def run(args: argparse.Namespace) -> int:
         scorer.metric,
         scorer.threshold,
     )
+    prepare_data_dir(settings.data_dir)
+    check_metrics_port(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings, settings.connect_timeout))
     return start_worker(settings, scorer, loop)
+
+
+def prepare_data_dir(path: Path) -> None:
+    # faust creates only the last level of its datadir, with a traceback when that fails.
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PixelwatchError(
+            f"data dir {path}: cannot create it ({exc.strerror}); set PIXELWATCH_DATA_DIR"
+        ) from None
+
+
+def check_metrics_port(settings: Settings) -> None:
+    """Fail in one line now rather than with faust's traceback after joining the group.
+
+    A second worker on the same host is the usual cause. Linux refuses a bind with
+    SO_REUSEADDR while another socket listens, so sockets lingering in TIME_WAIT do not count.
+    """
+    if not settings.metrics_port:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.metrics_host, settings.metrics_port))
+        except OSError as exc:
+            raise PixelwatchError(
+                f"metrics port {settings.metrics_host}:{settings.metrics_port} is not free "
+                f"({exc.strerror}); set PIXELWATCH_METRICS_PORT to another port, or 0 to disable"
+            ) from None
 
 
 def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.AbstractEventLoop) -> int:

@@ -185,3 +185,43 @@ def test_worker_retries_an_unreachable_broker_visibly_then_gives_up(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: Kafka at 127.0.0.1:{port} not reachable after 3s")
     assert "Traceback" not in result.stderr
+
+
+def test_worker_refuses_a_metrics_port_in_use_with_one_line(
+    seed_model_path: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "service.cli", "worker", "--model", str(seed_model_path),
+             "--metrics-port", str(port), "--data-dir", str(tmp_path / "state")],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={"PIXELWATCH_METRICS_HOST": "127.0.0.1", "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: metrics port 127.0.0.1:{port} is not free")
+    assert "Traceback" not in result.stderr
+
+
+def test_worker_refuses_a_data_dir_it_cannot_create_with_one_line(
+    seed_model_path: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker", "--model", str(seed_model_path),
+         "--data-dir", str(blocker / "state"), "--metrics-port", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"error: data dir {blocker / 'state'}: cannot create it (Not a directory); "
+        "set PIXELWATCH_DATA_DIR"
+    )

@@ -64,6 +64,22 @@ class Throughput:
     peak_rss_mb: float | None = None
 
 
+@dataclass
+class Contender:
+    """One contender process and the log it writes, quoted when it dies early."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def check_running(self) -> None:
+        if self.process.poll() is None:
+            return
+        tail = self.log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(
+            f"contender exited with {self.process.returncode} (log {self.log}):\n" + "\n".join(tail)
+        )
+
+
 def make_images(count: int, share: float, seed: int = 0) -> np.ndarray:
     """Normal images (the course's two, with a flipped pixel or none) and random-noise anomalies."""
     rng = np.random.default_rng(seed)
@@ -128,7 +144,7 @@ async def topic_partitions(bootstrap: str, topic: str, wait: float) -> list[Topi
 
 
 async def wait_for_outputs(
-    bootstrap: str, topic: str, expected: int, process: subprocess.Popen[bytes], wait: float
+    bootstrap: str, topic: str, expected: int, processes: list[Contender], wait: float
 ) -> tuple[float, float, int]:
     """Poll the output topic's end offsets until `expected`.
 
@@ -144,15 +160,18 @@ async def wait_for_outputs(
         last_empty = time.monotonic()
         while True:
             now = time.monotonic()
-            if process.poll() is not None:
-                raise RuntimeError(f"contender exited with {process.returncode}")
+            for process in processes:
+                process.check_running()
             if now > deadline:
                 raise TimeoutError(f"{topic}: outputs did not reach {expected} in {wait:.0f}s")
             count = sum((await consumer.end_offsets(partitions)).values())
             if count == 0:
                 last_empty = now
             elif count >= expected:
-                return last_empty, time.monotonic(), 0
+                done = time.monotonic()
+                for process in processes:  # every worker of a scaled-out run lasted to the end
+                    process.check_running()
+                return last_empty, done, 0
             await asyncio.sleep(0.05)
     finally:
         await consumer.stop()
@@ -168,7 +187,8 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(contender: Contender) -> None:
+    process = contender.process
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -178,12 +198,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(argv: list[str], env: dict[str, str], log: Path) -> Contender:
     log.parent.mkdir(parents=True, exist_ok=True)
-    handle = log.open("wb")
-    return subprocess.Popen(
-        argv, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
-    )
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            argv, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    return Contender(process, log)
 
 
 def contender_argv(
@@ -211,7 +232,7 @@ def worker_env(
         "PIXELWATCH_PARTITIONS": str(cfg.partitions),
         # Default settings include the metrics endpoint and faust's per-event sensor.
         "PIXELWATCH_METRICS_PORT": str(free_port()),
-        "PIXELWATCH_DATA_DIR": str(cfg.workdir / run),
+        "PIXELWATCH_DATA_DIR": str(cfg.workdir / run / uuid.uuid4().hex[:8]),
         "PIXELWATCH_LOG_LEVEL": "WARNING",
         **extra,
     }
@@ -219,7 +240,7 @@ def worker_env(
 
 async def measure(
     name: str,
-    processes: list[subprocess.Popen[bytes]],
+    processes: list[Contender],
     bootstrap: str,
     sink: str,
     expected: int,
@@ -227,9 +248,9 @@ async def measure(
 ) -> Throughput:
     try:
         first, last, first_count = await wait_for_outputs(
-            bootstrap, sink, expected, processes[0], wait
+            bootstrap, sink, expected, processes, wait
         )
-        rss = max((peak_rss_mb(p.pid) or 0.0) for p in processes)
+        rss = max((peak_rss_mb(p.process.pid) or 0.0) for p in processes)
     finally:
         for p in processes:
             stop(p)
@@ -255,9 +276,14 @@ async def run_worker(
     label: str, bootstrap: str, source: str, cfg: Config, extra: dict[str, str], workers: int = 1
 ) -> Throughput:
     run = uuid.uuid4().hex[:8]
-    env = worker_env(bootstrap, cfg, run, source, extra)
     argv = [sys.executable, "-m", "service.cli", "worker"]
-    processes = [spawn(argv, env, cfg.workdir / f"{label}-{i}.log") for i in range(workers)]
+    # Each worker gets its own metrics port and state directory, as on separate hosts.
+    processes = [
+        spawn(
+            argv, worker_env(bootstrap, cfg, run, source, extra), cfg.workdir / f"{label}-{i}.log"
+        )
+        for i in range(workers)
+    ]
     return await measure(label, processes, bootstrap, f"scores-{run}", cfg.messages, cfg.timeout)
 
 
@@ -279,7 +305,7 @@ async def latency(bootstrap: str, cfg: Config, rate: float) -> dict[str, float]:
     try:
         # Warm up: one message through, so group joining is not counted as latency.
         await produce_images(bootstrap, source, images[:1], "warm-")
-        await wait_for_outputs(bootstrap, f"scores-{run}", 1, worker, cfg.timeout)
+        await wait_for_outputs(bootstrap, f"scores-{run}", 1, [worker], cfg.timeout)
         partitions = [TopicPartition(f"scores-{run}", p) for p in range(cfg.partitions)]
         consumer.assign(partitions)
         await consumer.seek_to_end()
