@@ -5,7 +5,12 @@ import logging
 import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 from service.config import Settings
 from service.errors import PixelwatchError
@@ -60,14 +65,19 @@ async def ensure_topics(settings: Settings, wait: float = 120.0) -> list[str]:
         created: list[str] = []
         for topic in missing:
             try:
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [NewTopic(topic, settings.partitions, settings.replication_factor)]
                 )
-                created.append(topic)
-            except TopicAlreadyExistsError:
-                pass  # another worker created it first
             except KafkaError as exc:
                 raise PixelwatchError(f"cannot create topic {topic}: {exc}") from None
+            # The broker answers per topic; aiokafka hands the error codes back unraised.
+            for name, code, *message in response.topic_errors:
+                if code == TopicAlreadyExistsError.errno:
+                    continue  # another worker created it first
+                if code:
+                    detail = message[0] if message and message[0] else for_code(code).__name__
+                    raise PixelwatchError(f"cannot create topic {name}: {detail}")
+                created.append(name)
         if created:
             log.info("created topics %s with %d partitions", created, settings.partitions)
         return created
