@@ -62,22 +62,25 @@ async def ensure_topics(settings: Settings, wait: float = 120.0) -> list[str]:
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in worker_topics(settings) if t not in existing]
+        if not missing:
+            return []
+        try:
+            response = await admin.create_topics(
+                [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing]
+            )
+        except KafkaError as exc:
+            raise PixelwatchError(f"cannot create topics {missing}: {exc}") from None
+        # The broker answers per topic; aiokafka hands the error codes back unraised.
+        errors = {name: (code, message) for name, code, *message in response.topic_errors}
         created: list[str] = []
-        for topic in missing:
-            try:
-                response = await admin.create_topics(
-                    [NewTopic(topic, settings.partitions, settings.replication_factor)]
-                )
-            except KafkaError as exc:
-                raise PixelwatchError(f"cannot create topic {topic}: {exc}") from None
-            # The broker answers per topic; aiokafka hands the error codes back unraised.
-            for name, code, *message in response.topic_errors:
-                if code == TopicAlreadyExistsError.errno:
-                    continue  # another worker created it first
-                if code:
-                    detail = message[0] if message and message[0] else for_code(code).__name__
-                    raise PixelwatchError(f"cannot create topic {name}: {detail}")
-                created.append(name)
+        for topic in missing:  # in our order: the broker's answer need not keep it
+            code, message = errors[topic]
+            if code == TopicAlreadyExistsError.errno:
+                continue  # another worker created it first
+            if code:
+                detail = message[0] if message and message[0] else for_code(code).__name__
+                raise PixelwatchError(f"cannot create topic {topic}: {detail}")
+            created.append(topic)
         if created:
             log.info("created topics %s with %d partitions", created, settings.partitions)
         return created

@@ -1,6 +1,7 @@
 """The real worker command on the real broker: verdicts, dead letters, partitions, restarts."""
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -156,11 +157,16 @@ async def test_a_worker_restarted_mid_stream_loses_no_message(
     assert second.stop() == 0
 
 
-def test_worker_refuses_a_missing_model_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "worker", "--model", str(tmp_path / "none.onnx")],
-        capture_output=True, text=True, timeout=60, check=False,
+def worker_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`pixelwatch worker` run to its end: for start-up failures, which must exit on their own."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker", *args],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
     )  # fmt: skip
+
+
+def test_worker_refuses_a_missing_model_with_one_line(tmp_path: Path) -> None:
+    result = worker_cli("--model", str(tmp_path / "none.onnx"))
     assert result.returncode == 2
     assert (
         result.stderr.strip() == f"error: {tmp_path / 'none.onnx'}: model file not found "
@@ -174,10 +180,8 @@ def test_worker_retries_an_unreachable_broker_visibly_then_gives_up(
     from service.broker import free_port
 
     port = free_port()  # nothing listens here
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "worker", "--model", str(seed_model_path),
-         "--bootstrap", f"127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=60, check=False,
+    result = worker_cli(
+        "--model", str(seed_model_path), "--bootstrap", f"127.0.0.1:{port}",
         env={"PIXELWATCH_CONNECT_TIMEOUT": "3", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert result.returncode == 2
@@ -190,16 +194,13 @@ def test_worker_retries_an_unreachable_broker_visibly_then_gives_up(
 def test_worker_refuses_a_metrics_port_in_use_with_one_line(
     seed_model_path: Path, tmp_path: Path
 ) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "service.cli", "worker", "--model", str(seed_model_path),
-             "--metrics-port", str(port), "--data-dir", str(tmp_path / "state")],
-            capture_output=True, text=True, timeout=60, check=False,
+        result = worker_cli(
+            "--model", str(seed_model_path), "--metrics-port", str(port),
+            "--data-dir", str(tmp_path / "state"),
             env={"PIXELWATCH_METRICS_HOST": "127.0.0.1", "PATH": "/usr/bin:/bin"},
         )  # fmt: skip
     assert result.returncode == 2
@@ -213,11 +214,9 @@ def test_worker_refuses_a_data_dir_it_cannot_create_with_one_line(
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "worker", "--model", str(seed_model_path),
-         "--data-dir", str(blocker / "state"), "--metrics-port", "0"],
-        capture_output=True, text=True, timeout=60, check=False,
-        env={"PATH": "/usr/bin:/bin"},
+    result = worker_cli(
+        "--model", str(seed_model_path), "--data-dir", str(blocker / "state"),
+        "--metrics-port", "0", env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]

@@ -144,7 +144,7 @@ async def topic_partitions(bootstrap: str, topic: str, wait: float) -> list[Topi
 
 
 async def wait_for_outputs(
-    bootstrap: str, topic: str, expected: int, processes: list[Contender], wait: float
+    bootstrap: str, topic: str, expected: int, contenders: list[Contender], wait: float
 ) -> tuple[float, float, int]:
     """Poll the output topic's end offsets until `expected`.
 
@@ -160,8 +160,8 @@ async def wait_for_outputs(
         last_empty = time.monotonic()
         while True:
             now = time.monotonic()
-            for process in processes:
-                process.check_running()
+            for contender in contenders:
+                contender.check_running()
             if now > deadline:
                 raise TimeoutError(f"{topic}: outputs did not reach {expected} in {wait:.0f}s")
             count = sum((await consumer.end_offsets(partitions)).values())
@@ -169,8 +169,8 @@ async def wait_for_outputs(
                 last_empty = now
             elif count >= expected:
                 done = time.monotonic()
-                for process in processes:  # every worker of a scaled-out run lasted to the end
-                    process.check_running()
+                for contender in contenders:  # every worker of a scaled-out run lasted
+                    contender.check_running()
                 return last_empty, done, 0
             await asyncio.sleep(0.05)
     finally:
