@@ -1,7 +1,7 @@
 """Offline training and ONNX export (needs the `train` extra: torch, onnx, matplotlib).
 
 `train_and_export(data, out, TrainOptions(...))` trains an autoencoder on normal images and
-writes one self-contained scoring graph that `service.model.load_model` runs without torch.
+writes one self-contained scoring graph that `service.scoring.model.load_model` runs without torch.
 """
 
 from model_export.pipeline import (

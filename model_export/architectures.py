@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from service.errors import PixelwatchError
-from service.images import ImageShape
+from service.scoring.images import ImageShape
 
 Activation = Literal["tanh", "sigmoid", "identity"]
 ACTIVATIONS: Final[tuple[Activation, ...]] = get_args(Activation)

@@ -1,7 +1,7 @@
 """Choosing the anomaly threshold: given, the course's default, or calibrated for a target FPR.
 
 Calibration scores a held-out split of the normal images with the exported graph through
-`service.model.load_model(...).score(...)`, the very code the stream worker runs, so the
+`service.scoring.model.load_model(...).score(...)`, the very code the stream worker runs, so the
 threshold is calibrated on the numbers production will see. An image is an anomaly when its
 similarity is strictly below the threshold.
 
@@ -20,9 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.errors import PixelwatchError
-from service.images import Pixels
-from service.model import load_model
-from service.similarity import MetricName
+from service.scoring.images import Pixels
+from service.scoring.model import load_model
+from service.scoring.similarity import MetricName
 
 DEFAULT_THRESHOLD: Final = 0.60  # the course: "a threshold of minimum 60%"
 HOLDOUT_FRACTION: Final = 0.2

@@ -7,7 +7,7 @@ from typing import Any
 
 from model_export.architectures import ACTIVATIONS, ARCHITECTURES, parse_params
 from model_export.pipeline import MODES, OptionError, TrainOptions, TrainResult, train_and_export
-from service.similarity import METRICS
+from service.scoring.similarity import METRICS
 
 DEFAULTS = TrainOptions()
 

@@ -36,9 +36,9 @@ from sklearn.metrics import (
 )
 
 from service.errors import InputError, PixelwatchError
-from service.images import ImageShape, Pixels, check_values, read_images
-from service.model import Model, load_model
-from service.similarity import METRICS, MetricName
+from service.scoring.images import ImageShape, Pixels, check_values, read_images
+from service.scoring.model import Model, load_model
+from service.scoring.similarity import METRICS, MetricName
 
 LABEL_COLUMN: Final = "label"
 NORMAL, ANOMALOUS = 0, 1

@@ -3,7 +3,7 @@
 `ScoringGraph` wraps a trained network so that one graph does all the runtime needs: it
 turns the raw output into the reconstruction (thresholded at 0.5 in binary mode, the
 course's convention; clamped to [0, 1] in gray mode) and computes every similarity of
-`service.similarity` with the same formulas and edge cases. The runtime only feeds pixels.
+`service.scoring.similarity` with the same formulas and edge cases. The runtime only feeds pixels.
 """
 
 import contextlib
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from service.errors import PixelwatchError
-from service.model import INPUT_NAME, METADATA_PREFIX, RECONSTRUCTION, Mode, ModelMetadata
-from service.similarity import METRICS, MetricName
+from service.scoring.model import INPUT_NAME, METADATA_PREFIX, RECONSTRUCTION, Mode, ModelMetadata
+from service.scoring.similarity import METRICS, MetricName
 
 BINARY_CUT: Final = 0.5  # the course: outputs >= 0.5 are black pixels
 # Loggers that narrate an export (registry misses, optimiser passes); a CLI run stays quiet.

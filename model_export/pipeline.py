@@ -34,9 +34,9 @@ from model_export.export import export_scoring_graph, write_metadata
 from model_export.report import MAX_EXAMPLES, ReportData, report_path, write_report
 from model_export.train import FitSettings, train
 from service.errors import InputError, PixelwatchError
-from service.images import ImageSet, ImageShape, Pixels, read_images
-from service.model import FORMAT_VERSION, Mode, ModelMetadata, load_model
-from service.similarity import METRICS, MetricName
+from service.scoring.images import ImageSet, ImageShape, Pixels, read_images
+from service.scoring.model import FORMAT_VERSION, Mode, ModelMetadata, load_model
+from service.scoring.similarity import METRICS, MetricName
 
 log = logging.getLogger(__name__)
 

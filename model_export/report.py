@@ -10,8 +10,8 @@ import numpy as np
 from matplotlib.figure import Figure  # an Agg figure without pyplot's global state
 from numpy.typing import NDArray
 
-from service.images import ImageShape, Pixels
-from service.similarity import MetricName
+from service.scoring.images import ImageShape, Pixels
+from service.scoring.similarity import MetricName
 
 MAX_EXAMPLES: Final = 6
 

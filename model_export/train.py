@@ -24,7 +24,7 @@ from rich.progress import (
 
 from model_export.architectures import Autoencoder, build_autoencoder
 from service.errors import PixelwatchError
-from service.images import ImageShape, Pixels
+from service.scoring.images import ImageShape, Pixels
 
 
 class TrainingError(PixelwatchError):

@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from model_fixtures import seed_model_path  # noqa: F401  # shared trained-model fixture
-from service.broker import LocalBroker, free_port
+from service.kafka.broker import LocalBroker, free_port
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from service.broker import free_port
+from service.kafka.broker import free_port
 
 
 class PrometheusServer:

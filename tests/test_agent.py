@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.app import create_app
 from service.config import Settings
-from service.images import read_images
-from service.model import load_model
-from service.pipeline import BatchResult, BatchScorer
+from service.controlplane.app import create_app
+from service.dataplane.pipeline import BatchResult, BatchScorer
 from service.samples import SEED_TEST
+from service.scoring.images import read_images
+from service.scoring.model import load_model
 
 
 class Recorder:

@@ -25,10 +25,10 @@ from model_export.command import configure_parser, options_from
 from model_export.export import ScoringGraph
 from model_export.pipeline import MODES
 from model_export.train import FitSettings, train
-from service.images import ImageShape
-from service.model import Mode, load_model
-from service.pipeline import BatchScorer, Record
-from service.similarity import METRICS
+from service.dataplane.pipeline import BatchScorer, Record
+from service.scoring.images import ImageShape
+from service.scoring.model import Mode, load_model
+from service.scoring.similarity import METRICS
 
 ARCHS = sorted(ARCHITECTURES)
 SHAPE = ImageShape(8, 8)

@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from service import broker as broker_module
-from service.broker import KAFKA_VERSION, BrokerError, LocalBroker, free_port
+from service.cli import broker as broker_module
+from service.kafka.broker import KAFKA_VERSION, BrokerError, LocalBroker, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

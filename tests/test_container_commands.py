@@ -28,11 +28,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from service.broker import LOG4J2_PROPERTIES, free_port, resolve_jars
-from service.broker import default_cache_dir as broker_cache_dir
-from service.images import read_images
-from service.model import load_model
+from service.kafka.broker import LOG4J2_PROPERTIES, free_port, resolve_jars
+from service.kafka.broker import default_cache_dir as broker_cache_dir
 from service.schemas import ScoreMessage
+from service.scoring.images import read_images
+from service.scoring.model import load_model
 from worker_harness import (
     REPO,
     ContainerCommand,

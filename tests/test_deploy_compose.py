@@ -15,8 +15,8 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from service.broker import KAFKA_VERSION
 from service.config import Settings
+from service.kafka.broker import KAFKA_VERSION
 from worker_harness import (
     COMPOSE_FILE,
     REPO,

@@ -19,7 +19,7 @@ from model_export.digits.protocol import (
     splits,
 )
 from model_export.digits.table import summarise, targets
-from service.similarity import METRICS
+from service.scoring.similarity import METRICS
 
 
 def test_a_split_trains_on_one_class_and_tests_on_its_rest_and_every_other_image() -> None:

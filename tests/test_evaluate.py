@@ -21,7 +21,7 @@ import service
 from model_export.evaluate import quality
 from model_export.export import export_scoring_graph
 from service.cli import main
-from service.model import FORMAT_VERSION, ModelMetadata
+from service.scoring.model import FORMAT_VERSION, ModelMetadata
 
 SIZE, HALF = 64, 32
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ from model_export import TrainOptions, TrainResult, train_and_export
 from model_export.export import ScoringGraph, export_scoring_graph
 from model_fixtures import SEED_TRAIN
 from service.errors import ModelError
-from service.model import (
+from service.scoring.model import (
     FORMAT_VERSION,
     INPUT_NAME,
     METADATA_PREFIX,
@@ -27,7 +27,7 @@ from service.model import (
     ModelMetadata,
     load_model,
 )
-from service.similarity import METRICS, REFERENCE
+from service.scoring.similarity import METRICS, REFERENCE
 
 SIZE = 64
 TOLERANCE = 1e-5

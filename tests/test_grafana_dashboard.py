@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from service.metrics import WorkerMetrics
+from service.observability.metrics import WorkerMetrics
 
 GRAFANA = Path(__file__).resolve().parents[1] / "deploy" / "grafana"
 ALERTS = GRAFANA.parent / "prometheus" / "alerts.yml"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from service.errors import InputError
-from service.images import ImageShape, parse_art, read_images, render
 from service.samples import SEED_TEST, SEED_TRAIN
+from service.scoring.images import ImageShape, parse_art, read_images, render
 
 SHAPE = ImageShape(8, 8)
 SQUARE_LINE = "........ .XXXXXX. .X....X. .X....X. .X....X. .X....X. .XXXXXX. ........"

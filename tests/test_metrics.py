@@ -9,14 +9,19 @@ import pytest
 from faust.types import TP
 from prometheus_client import CollectorRegistry, generate_latest
 
-from service.app import create_app
 from service.config import Settings
-from service.images import read_images
-from service.metrics import SIMILARITY_BUCKETS, WorkerMetrics, instrument, partition_lag
-from service.model import Model, load_model
-from service.pipeline import BatchScorer, Record
+from service.controlplane.app import create_app
+from service.dataplane.pipeline import BatchScorer, Record
+from service.observability.metrics import (
+    SIMILARITY_BUCKETS,
+    WorkerMetrics,
+    instrument,
+    partition_lag,
+)
 from service.samples import SEED_TEST, SEED_TRAIN
 from service.schemas import DeadLetterReason
+from service.scoring.images import read_images
+from service.scoring.model import Model, load_model
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ import orjson
 import pytest
 
 from prometheus_harness import PrometheusServer
-from service.images import read_images
-from service.model import load_model
 from service.samples import SEED_TEST, SEED_TRAIN
 from service.schemas import DeadLetterReason
+from service.scoring.images import read_images
+from service.scoring.model import load_model
 from worker_harness import (
     WorkerProcess,
     WorkerTopics,

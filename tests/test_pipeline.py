@@ -6,11 +6,11 @@ import numpy as np
 import orjson
 import pytest
 
-from service.images import read_images
-from service.model import Model, load_model
-from service.pipeline import BatchScorer, Record
+from service.dataplane.pipeline import BatchScorer, Record
 from service.samples import SEED_TEST, SEED_TRAIN
 from service.schemas import HEADER_OFFSET, HEADER_REASON, DeadLetterReason, ScoreMessage
+from service.scoring.images import read_images
+from service.scoring.model import Model, load_model
 
 
 @pytest.fixture(scope="module")

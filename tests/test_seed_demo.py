@@ -19,9 +19,9 @@ from numpy.typing import NDArray
 from model_export.export import ScoringGraph
 from model_export.train import FitSettings, train
 from model_fixtures import SEED_OPTIONS, SEED_TEST, SEED_TRAIN, seed_model_path  # noqa: F401
-from service.images import ImageShape, read_images
-from service.model import ScoredBatch, load_model
-from service.similarity import METRICS, hamming
+from service.scoring.images import ImageShape, read_images
+from service.scoring.model import ScoredBatch, load_model
+from service.scoring.similarity import METRICS, hamming
 
 SQUARE, TRIANGLE = 0, 1
 SHIFTED_SQUARE, NOISY_TRIANGLE, CORNERS, X = 0, 1, 2, 3

@@ -3,9 +3,17 @@
 import numpy as np
 import pytest
 
-from service.images import ImageShape, read_images
 from service.samples import SEED_TEST, SEED_TRAIN
-from service.similarity import METRICS, REFERENCE, all_scores, cosine, dice, hamming, ruzicka
+from service.scoring.images import ImageShape, read_images
+from service.scoring.similarity import (
+    METRICS,
+    REFERENCE,
+    all_scores,
+    cosine,
+    dice,
+    hamming,
+    ruzicka,
+)
 
 SHAPE = ImageShape(8, 8)
 

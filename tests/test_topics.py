@@ -8,7 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from service.config import Settings
 from service.errors import PixelwatchError
-from service.topics import ensure_topics
+from service.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

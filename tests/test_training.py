@@ -15,8 +15,8 @@ from model_export.calibrate import CalibrationError, threshold_for_fpr
 from model_export.command import configure_parser, run
 from model_fixtures import SEED_TRAIN, seed_model_path  # noqa: F401
 from service.errors import InputError, PixelwatchError
-from service.model import load_model
-from service.similarity import METRICS
+from service.scoring.model import load_model
+from service.scoring.similarity import METRICS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

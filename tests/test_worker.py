@@ -11,10 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from service.images import read_images
-from service.model import load_model
 from service.samples import SEED_TEST, SEED_TRAIN
 from service.schemas import HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC, ScoreMessage
+from service.scoring.images import read_images
+from service.scoring.model import load_model
 from worker_harness import (
     WorkerProcess,
     WorkerTopics,
@@ -177,7 +177,7 @@ def test_worker_refuses_a_missing_model_with_one_line(tmp_path: Path) -> None:
 def test_worker_retries_an_unreachable_broker_visibly_then_gives_up(
     seed_model_path: Path, tmp_path: Path
 ) -> None:
-    from service.broker import free_port
+    from service.kafka.broker import free_port
 
     port = free_port()  # nothing listens here
     result = worker_cli(

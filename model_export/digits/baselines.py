@@ -25,7 +25,7 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import NearestNeighbors
 
-from service.images import Pixels
+from service.scoring.images import Pixels
 
 PCA_COMPONENTS: Final = 8
 Scores = NDArray[np.float64]

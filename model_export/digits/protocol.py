@@ -24,9 +24,9 @@ from model_export.digits.baselines import BASELINES
 from model_export.export import ScoringGraph
 from model_export.train import FitSettings, train
 from service.errors import PixelwatchError
-from service.images import ImageShape, Pixels
-from service.model import Mode
-from service.similarity import METRICS
+from service.scoring.images import ImageShape, Pixels
+from service.scoring.model import Mode
+from service.scoring.similarity import METRICS
 
 SHAPE: Final = ImageShape(8, 8)
 # Images and model mode: gray and binary as the issue defines them; binary-as-gray feeds the

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from model_export.digits.baselines import BASELINES
 from model_export.digits.protocol import BASELINE_METRIC, BenchMode, Protocol, Run
-from service.similarity import METRICS
+from service.scoring.similarity import METRICS
 
 PRECISION: Final = 4  # decimals compared when deciding "beats" / "matches"
 

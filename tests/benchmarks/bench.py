@@ -30,11 +30,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from service.broker import KAFKA_VERSION, LocalBroker, free_port
+from service.cli.produce import encode
 from service.config import Settings
-from service.images import read_images
-from service.producer import encode
+from service.kafka.broker import KAFKA_VERSION, LocalBroker, free_port
 from service.samples import SEED_TRAIN
+from service.scoring.images import read_images
 
 ROOT = Path(__file__).resolve().parents[2]
 console = Console(stderr=True, highlight=False)

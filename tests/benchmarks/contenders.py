@@ -80,7 +80,7 @@ def naive(args: argparse.Namespace) -> None:
     import torch
 
     from model_export.architectures import build_autoencoder
-    from service.images import ImageShape
+    from service.scoring.images import ImageShape
 
     torch.set_num_threads(1)
     model = build_autoencoder("dense", ImageShape(8, 8), {}).eval()

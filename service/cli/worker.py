@@ -11,11 +11,11 @@ import faust
 from pydantic import ValidationError
 
 from service.config import Settings
+from service.dataplane.pipeline import BatchScorer
 from service.errors import PixelwatchError
-from service.model import load_model
-from service.pipeline import BatchScorer
-from service.similarity import METRICS
-from service.topics import ensure_topics
+from service.kafka.topics import ensure_topics
+from service.scoring.model import load_model
+from service.scoring.similarity import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def check_metrics_port(settings: Settings) -> None:
 def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.AbstractEventLoop) -> int:
     from prometheus_client import REGISTRY
 
-    from service.app import create_app
-    from service.metrics import WorkerMetrics, instrument
+    from service.controlplane.app import create_app
+    from service.observability.metrics import WorkerMetrics, instrument
 
     # The default registry also carries the process and Python collectors.
     metrics = WorkerMetrics(REGISTRY)

@@ -19,8 +19,8 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.errors import ModelError
-from service.images import ImageShape, Pixels
-from service.similarity import METRICS, MetricName
+from service.scoring.images import ImageShape, Pixels
+from service.scoring.similarity import METRICS, MetricName
 
 FORMAT_VERSION: Final = 1
 METADATA_PREFIX: Final = "pixelwatch."

@@ -14,9 +14,9 @@ from rich.progress import Progress
 
 from service.config import Settings
 from service.errors import PixelwatchError
-from service.images import ImageShape, Pixels, read_images
-from service.kafka import client_options
-from service.model import load_model
+from service.kafka.options import client_options
+from service.scoring.images import ImageShape, Pixels, read_images
+from service.scoring.model import load_model
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -17,15 +17,15 @@ from service.errors import PixelwatchError
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("model_export.command", "train an autoencoder on normal images and export ONNX"),
-    "score": ("service.score_command", "score an image file offline with an exported model"),
+    "score": ("service.cli.score", "score an image file offline with an exported model"),
     "evaluate": (
         "model_export.evaluate",
         "measure detection quality on normal and anomalous images",
     ),
-    "worker": ("service.worker_command", "run the stream worker on Kafka"),
-    "produce": ("service.producer", "send images from a file to the input topic"),
-    "broker": ("service.broker", "run a local single-node Apache Kafka for development"),
-    "demo": ("service.demo", "train, stream and show live anomalies end to end"),
+    "worker": ("service.cli.worker", "run the stream worker on Kafka"),
+    "produce": ("service.cli.produce", "send images from a file to the input topic"),
+    "broker": ("service.cli.broker", "run a local single-node Apache Kafka for development"),
+    "demo": ("service.cli.demo", "train, stream and show live anomalies end to end"),
 }
 
 
@@ -80,7 +80,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

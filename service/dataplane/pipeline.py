@@ -14,8 +14,6 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from service.errors import InputError
-from service.images import ImageShape, parse_art
-from service.model import Model
 from service.schemas import (
     HEADER_FAILED_AT,
     HEADER_MESSAGE,
@@ -26,7 +24,9 @@ from service.schemas import (
     DeadLetterReason,
     ImageMessage,
 )
-from service.similarity import METRICS, MetricName
+from service.scoring.images import ImageShape, parse_art
+from service.scoring.model import Model
+from service.scoring.similarity import METRICS, MetricName
 
 Reason = DeadLetterReason
 Row = list[float] | NDArray[np.float32]

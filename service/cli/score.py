@@ -7,9 +7,9 @@ import orjson
 from rich.console import Console
 
 from service.errors import PixelwatchError
-from service.images import ImageShape, Pixels, read_images, render
-from service.model import ScoredBatch, load_model
-from service.similarity import METRICS
+from service.scoring.images import ImageShape, Pixels, read_images, render
+from service.scoring.model import ScoredBatch, load_model
+from service.scoring.similarity import METRICS
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from service.pipeline import BatchResult, BatchScorer
+from service.dataplane.pipeline import BatchResult, BatchScorer
 from service.schemas import DeadLetterReason
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import faust
 
 from service.config import Settings
-from service.kafka import faust_credentials
-from service.pipeline import BatchResult, BatchScorer, Record
+from service.dataplane.pipeline import BatchResult, BatchScorer, Record
+from service.kafka.options import faust_credentials
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from aiokafka.errors import (
 
 from service.config import Settings
 from service.errors import PixelwatchError
-from service.kafka import client_options
+from service.kafka.options import client_options
 
 log = logging.getLogger(__name__)
 

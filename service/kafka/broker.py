@@ -4,7 +4,6 @@ No Docker and no tarball: the broker's jars are resolved once from Maven Central
 deploy/kafka/pom.xml into a cache dir, so the only prerequisites are Java 17+ and Maven.
 """
 
-import argparse
 import asyncio
 import atexit
 import base64
@@ -21,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import IO, Self
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -347,46 +346,3 @@ def _tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return "  (no log)"
     return "\n".join(f"  {line}" for line in text.splitlines()[-lines:]) or "  (empty log)"
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=9092, help="client port (default: 9092)")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(".kafka/data"),
-        help="where topics are kept across runs (default: .kafka/data)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    broker = LocalBroker(port=args.port, data_dir=Path(args.data_dir).resolve())
-    stopping = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    try:
-        broker.start()
-        previous = {
-            sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        print(
-            f"Kafka {KAFKA_VERSION} broker ready on {broker.bootstrap} "
-            f"(data: {broker.data_dir}, log: {broker.log_file}) — Ctrl-C to stop",
-            flush=True,
-        )
-        try:
-            # A timeout keeps the main thread returning to Python so signal handlers run.
-            while not stopping.wait(0.5):
-                if not broker.running:
-                    raise BrokerError(f"Kafka stopped unexpectedly; see {broker.log_file}")
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    except BrokerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        broker.stop()
-    return 0

@@ -23,14 +23,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 
-from service.broker import LocalBroker, free_port
+from service.cli.produce import produce
 from service.config import Settings
 from service.errors import PixelwatchError
-from service.images import ImageShape, read_images, render
-from service.kafka import client_options
-from service.producer import produce
+from service.kafka.broker import LocalBroker, free_port
+from service.kafka.options import client_options
+from service.kafka.topics import wait_for_partitions
 from service.samples import SEED_TEST, SEED_TRAIN
-from service.topics import wait_for_partitions
+from service.scoring.images import ImageShape, read_images, render
 
 console = Console(highlight=False)
 
