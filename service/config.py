@@ -9,6 +9,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.schemas import OutputFormat
 from service.scoring.similarity import MetricName
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -56,8 +57,36 @@ class Settings(BaseSettings):
     batch_window: float = Field(
         0.05, gt=0.0, le=60.0, description="seconds to wait to fill a batch"
     )
-    max_message_bytes: int = Field(65_536, ge=64, description="larger payloads go to the DLQ")
+    max_message_bytes: int = Field(
+        65_536, ge=64, le=100_000_000, description="larger payloads go to the DLQ"
+    )
     onnx_threads: int = Field(1, ge=1)
+
+    # Outputs and delivery
+    scores_format: OutputFormat = Field(
+        "compact", description="scores topic record: compact (no pixels) or full"
+    )
+    anomalies_format: OutputFormat = Field(
+        "full", description="anomalies topic record: full (pixels, reconstruction) or compact"
+    )
+    delivery_timeout: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description="seconds an output is retried before it counts as undeliverable",
+    )
+    max_in_flight: int = Field(
+        20_000,
+        ge=1,
+        le=10_000_000,
+        description="consumed messages whose outputs are not yet confirmed, at most",
+    )
+    session_timeout: float = Field(
+        10.0,
+        ge=1.0,
+        le=300.0,
+        description="seconds without a heartbeat before a worker's partitions move on",
+    )
 
     # Process
     metrics_port: int = Field(6066, ge=0, le=65535, description="HTTP port for /metrics (0: off)")

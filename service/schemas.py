@@ -8,7 +8,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,20 +17,37 @@ from service.scoring.similarity import MetricName
 Unit = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
+INT64_MAX: Final = 2**63 - 1
+MAX_ID_LENGTH: Final = 256
+
+
 class ImageMessage(BaseModel):
     """An image to score (the value of a message on the input topic; the key is optional)."""
 
     model_config = ConfigDict(extra="forbid", title="pixelwatch image")
 
-    id: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+    id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)] | None = Field(
         None, description="your identifier; defaults to 'topic:partition:offset'"
     )
     pixels: list[Annotated[float, Field(strict=True, allow_inf_nan=True)]] | str = Field(
         description="width*height numbers in [0,1], row by row, or X/. art (X = 1, . = 0; "
         "spaces ignored)"
     )
-    ts: Annotated[int, Field(ge=0)] | None = Field(
+    # Bounded to what a Kafka timestamp (int64) and every JSON encoder can carry.
+    ts: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = Field(
         None, description="event time in epoch milliseconds; defaults to the Kafka timestamp"
+    )
+
+
+class ImageBatchMessage(BaseModel):
+    """Several images in one message: each is scored, answered and dead-lettered on its own."""
+
+    model_config = ConfigDict(extra="forbid", title="pixelwatch image batch")
+
+    images: list[ImageMessage] = Field(
+        min_length=1,
+        description="image objects as in image.schema.json; an image without an id gets "
+        "'topic:partition:offset:index'",
     )
 
 
@@ -40,6 +57,9 @@ class Source(BaseModel):
     topic: str
     partition: int
     offset: int
+    index: int | None = Field(
+        None, description="position of the image in a message that carries several"
+    )
 
 
 class ModelRef(BaseModel):
@@ -48,9 +68,23 @@ class ModelRef(BaseModel):
 
 
 class ScoreMessage(BaseModel):
-    """A scored image: every one goes to the scores topic, anomalies also to the anomalies topic."""
+    """A scored image, compact: the scores topic's default record."""
 
     model_config = ConfigDict(extra="forbid", title="pixelwatch score")
+
+    id: str
+    anomaly: bool
+    similarity: Unit
+    scores: dict[MetricName, Unit]
+    model: ModelRef
+    source: Source
+    ts: int = Field(description="event time, epoch milliseconds (input ts or Kafka timestamp)")
+
+
+class FullScoreMessage(BaseModel):
+    """A scored image with its pixels and reconstruction: the anomalies topic's default record."""
+
+    model_config = ConfigDict(extra="forbid", title="pixelwatch full score")
 
     id: str
     anomaly: bool
@@ -66,6 +100,13 @@ class ScoreMessage(BaseModel):
     detected_at: str = Field(description="when the worker scored it, ISO 8601 UTC")
 
 
+OutputFormat = Literal["compact", "full"]
+OUTPUT_SCHEMAS: Final[dict[OutputFormat, type[BaseModel]]] = {
+    "compact": ScoreMessage,
+    "full": FullScoreMessage,
+}
+
+
 class DeadLetterReason(StrEnum):
     """Why a message went to the dead-letter topic (a closed set: it is a metric label)."""
 
@@ -74,6 +115,8 @@ class DeadLetterReason(StrEnum):
     SCHEMA = "schema"
     PIXEL_COUNT = "pixel_count"
     PIXEL_VALUE = "pixel_value"
+    DELIVERY = "delivery"
+    INTERNAL = "internal"
 
 
 # A dead letter keeps the original key and value bytes untouched, so it can be replayed;
@@ -83,11 +126,21 @@ HEADER_MESSAGE: Final = "pixelwatch.error.message"
 HEADER_TOPIC: Final = "pixelwatch.source.topic"
 HEADER_PARTITION: Final = "pixelwatch.source.partition"
 HEADER_OFFSET: Final = "pixelwatch.source.offset"
+HEADER_INDEX: Final = "pixelwatch.source.index"
 HEADER_FAILED_AT: Final = "pixelwatch.failed_at"
+
+# Binary input: the format header announces it; the optional id header names the image(s).
+HEADER_FORMAT: Final = "pixelwatch.format"
+HEADER_ID: Final = "pixelwatch.id"
+# Every output names the model that scored it.
+HEADER_MODEL_VERSION: Final = "pixelwatch.model.version"
+HEADER_MODEL_SHA256: Final = "pixelwatch.model.sha256"
 
 SCHEMAS: Final[dict[str, type[BaseModel]]] = {
     "image.schema.json": ImageMessage,
+    "image-batch.schema.json": ImageBatchMessage,
     "score.schema.json": ScoreMessage,
+    "score-full.schema.json": FullScoreMessage,
 }
 
 

@@ -12,6 +12,7 @@ import torch
 from numpy.typing import NDArray
 from sklearn.datasets import load_digits
 
+from kafka_messages import kafka_message
 from model_export import OptionError, TrainOptions, TrainResult, train_and_export
 from model_export.architectures import (
     ARCHITECTURES,
@@ -25,7 +26,7 @@ from model_export.command import configure_parser, options_from
 from model_export.export import ScoringGraph
 from model_export.pipeline import MODES
 from model_export.train import FitSettings, train
-from service.dataplane.pipeline import BatchScorer, Record
+from service.dataplane.pipeline import BatchScorer
 from service.scoring.images import ImageShape
 from service.scoring.model import Mode, load_model
 from service.scoring.similarity import METRICS
@@ -136,15 +137,16 @@ def test_the_worker_batch_logic_scores_every_architecture(exported: TrainResult)
     model = load_model(exported.model_path)
     pixels = probe(5)
     records = [
-        Record(None, orjson.dumps({"pixels": row.tolist(), "id": f"i{i}"}), "images", 0, i, 0)
+        kafka_message(orjson.dumps({"pixels": row.tolist(), "id": f"i{i}"}), i)
         for i, row in enumerate(pixels)
     ]
-    result = BatchScorer(model).process(records)
+    result = BatchScorer(model, scores_format="full").process(records)
     expected = model.score(pixels)
     assert result.dead == []
-    assert [o.similarity for o in result.outputs] == pytest.approx(expected.similarity.tolist())
-    assert [o.anomaly for o in result.outputs] == expected.anomaly.tolist()
-    first = orjson.loads(result.outputs[0].value)
+    outputs = [orjson.loads(value) for _, value in result.scores]
+    assert [o["similarity"] for o in outputs] == pytest.approx(expected.similarity.tolist())
+    assert [o["anomaly"] for o in outputs] == expected.anomaly.tolist()
+    first = outputs[0]
     assert first["reconstruction"] == pytest.approx(expected.reconstruction[0].tolist(), abs=1e-6)
 
 

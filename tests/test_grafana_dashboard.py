@@ -66,8 +66,8 @@ def test_the_issues_panels_are_all_there() -> None:
         "Dead letters per second by reason": "timeseries",
         "Consumer lag by partition": "timeseries",
         "Model per worker": "table",
-        "Messages consumed and committed per second (faust)": "timeseries",
-        "Offset commit latency p50 / p99 (faust)": "timeseries",
+        "Consumed, committed and unconfirmed": "timeseries",
+        "Outputs refused by the broker per second": "timeseries",
     }
 
 

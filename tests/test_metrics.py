@@ -6,17 +6,18 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from faust.types import TP
+from confluent_kafka import Message
 from prometheus_client import CollectorRegistry, generate_latest
 
+from kafka_messages import kafka_message
 from service.config import Settings
 from service.controlplane.app import create_app
-from service.dataplane.pipeline import BatchScorer, Record
+from service.dataplane.loop import partition_lag
+from service.dataplane.pipeline import BatchScorer
 from service.observability.metrics import (
     SIMILARITY_BUCKETS,
     WorkerMetrics,
     instrument,
-    partition_lag,
 )
 from service.samples import SEED_TEST, SEED_TRAIN
 from service.schemas import DeadLetterReason
@@ -39,8 +40,8 @@ def metrics(registry: CollectorRegistry) -> WorkerMetrics:
     return WorkerMetrics(registry)
 
 
-def record(value: bytes, offset: int, timestamp_ms: int = 1_700_000_000_000) -> Record:
-    return Record(None, value, "images", 0, offset, timestamp_ms)
+def record(value: bytes, offset: int, timestamp_ms: int = 1_700_000_000_000) -> Message:
+    return kafka_message(value, offset, partition=0, timestamp_ms=timestamp_ms)
 
 
 def image(pixels: np.ndarray, **extra: object) -> bytes:
@@ -86,8 +87,9 @@ def test_a_batch_is_counted_by_outcome_and_its_dead_letters_by_reason(
     assert value(registry, "pixelwatch_images_total", outcome="normal") == len(images) - anomalous
     assert value(registry, "pixelwatch_images_total", outcome="invalid") == len(BAD_INPUTS) + 1
     for reason in DeadLetterReason:
-        expected = 2 if reason is DeadLetterReason.INVALID_JSON else 1
-        assert value(registry, "pixelwatch_dlq_total", reason=reason.value) == expected
+        expected = {**dict.fromkeys(BAD_INPUTS.values(), 1), DeadLetterReason.INVALID_JSON: 2}
+        got = value(registry, "pixelwatch_dlq_total", reason=reason.value)
+        assert got == expected.get(reason, 0), reason
     assert value(registry, "pixelwatch_batch_size_count") == 1
     assert value(registry, "pixelwatch_batch_size_sum") == len(values)
     assert value(registry, "pixelwatch_inference_seconds_sum") == pytest.approx(0.003)
@@ -101,7 +103,7 @@ def test_similarities_fill_buckets_across_zero_to_one(
         [read_images(SEED_TRAIN).pixels, (rng.random((30, 64)) < 0.5).astype(np.float32)]
     )
     result = BatchScorer(model).process([record(image(px), i) for i, px in enumerate(images)])
-    similarity = np.array([o.similarity for o in result.outputs])
+    similarity = result.similarity.astype(np.float64)
 
     metrics.observe_batch(result, 0.001)
 
@@ -163,39 +165,38 @@ def test_lag_series_follow_the_assignment_and_vanish_for_revoked_partitions(
         labels = {"topic": "images", "partition": str(partition)}
         return registry.get_sample_value("pixelwatch_consumer_lag", labels)
 
-    metrics.set_consumer_lag({TP("images", 0): 5, TP("images", 1): 0, TP("images", 2): 7})
+    metrics.set_consumer_lag({("images", 0): 5, ("images", 1): 0, ("images", 2): 7})
     assert [lag(p) for p in range(4)] == [5, 0, 7, None]
 
-    metrics.set_consumer_lag({TP("images", 1): 3, TP("images", 3): 1})  # after a rebalance
+    metrics.set_consumer_lag({("images", 1): 3, ("images", 3): 1})  # after a rebalance
     assert [lag(p) for p in range(4)] == [None, 3, None, 1]
 
-    metrics.forget_partitions({TP("images", 3), TP("images", 9)})
+    metrics.forget_partitions({("images", 3), ("images", 9)})
     assert [lag(p) for p in range(4)] == [None, 3, None, None]
 
 
 @pytest.mark.parametrize(
-    ("highwater", "committed", "position", "lag"),
+    ("highwater", "committed", "low", "lag"),
     [
-        (100, 60, 90, 40),  # committed wins over the (prefetching) position
-        (100, 100, 100, 0),  # caught up: Kafka's committed offset is the next one to read
-        (100, None, 30, 70),  # nothing committed yet: the position stands in
-        (100, None, None, 0),  # nothing known yet
-        (10, 12, None, 0),  # a stale high watermark never makes the lag negative
+        (100, 60, 0, 40),
+        (100, 100, 0, 0),  # caught up: Kafka's committed offset is the next one to read
+        (100, None, 30, 70),  # nothing committed yet: everything retained is still to do
+        (10, 12, 0, 0),  # a stale high watermark never makes the lag negative
     ],
 )
 def test_partition_lag_is_the_high_watermark_minus_the_committed_offset(
-    highwater: int, committed: int | None, position: int | None, lag: int
+    highwater: int, committed: int | None, low: int, lag: int
 ) -> None:
-    assert partition_lag(highwater, committed, position) == lag
+    assert partition_lag(highwater, committed, low) == lag
 
 
 def test_metrics_page_exposes_ours_and_fausts_from_one_registry(
     model: Model, tmp_path: Path, registry: CollectorRegistry, metrics: WorkerMetrics
 ) -> None:
     settings = Settings(data_dir=tmp_path, group_id="group-with.dots-and-dashes")
-    app, _ = create_app(settings, BatchScorer(model), observers=[metrics.observe_batch])
+    app = create_app(settings)
 
-    instrument(app, metrics, settings.input_topic, settings.lag_interval)
+    instrument(app, metrics)
 
     text = generate_latest(registry).decode()
     assert "pixelwatch_images_total{" in text

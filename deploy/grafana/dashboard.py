@@ -294,25 +294,36 @@ def model_info() -> table.Panel:
     )
 
 
-def framework() -> timeseries.Panel:
-    # The committed offsets are gauges: their slope is the committed message rate.
+def delivery() -> timeseries.Panel:
+    # Committed offsets are gauges: their slope is the committed message rate. An offset is
+    # committed only after its outputs are confirmed, so a gap between the lines is backlog
+    # waiting for the broker.
     return graph(
-        "Messages consumed and committed per second (faust)",
-        "Messages faust fetched from the input topic, and how fast the group commits them.",
+        "Consumed, committed and unconfirmed",
+        "Messages consumed and committed per second, and consumed messages whose outputs "
+        "the broker has not confirmed yet (consuming pauses at PIXELWATCH_MAX_IN_FLIGHT).",
         [
-            query(f"sum(rate(faust_messages_received_total[{RATE}]))", "consumed", "A"),
-            query(f"sum(deriv(faust_topic_partition_offset_commited[{RATE}]))", "committed", "B"),
+            query(f"sum(rate(pixelwatch_batch_size_sum[{RATE}]))", "consumed/s", "A"),
+            query(f"sum(deriv(pixelwatch_committed_offset[{RATE}]))", "committed/s", "B"),
+            query("sum(pixelwatch_unconfirmed_messages)", "unconfirmed", "C"),
         ],
         "short",
     ).span(6)
 
 
-def commit_latency() -> timeseries.Panel:
+def delivery_failures() -> timeseries.Panel:
     return graph(
-        "Offset commit latency p50 / p99 (faust)",
-        "Milliseconds per consumer offset commit (includes flushing the producer).",
-        quantiles("faust_consumer_commit_latency"),
-        "ms",
+        "Outputs refused by the broker per second",
+        "Records the broker did not take after the producer's retries, by topic and error. "
+        "A refused output is replaced by a dead letter (reason delivery); a refused dead "
+        "letter stops the worker. Empty in a healthy system.",
+        [
+            query(
+                f"sum by (topic, reason) (rate(pixelwatch_delivery_failures_total[{RATE}]))",
+                "{{topic}} {{reason}}",
+            )
+        ],
+        "short",
     ).span(6)
 
 
@@ -331,7 +342,7 @@ def build() -> model.Dashboard:
         dashboard.Dashboard("pixelwatch")
         .uid(UID)
         .description("Streaming image anomaly detection: throughput, verdicts, latency, lag.")
-        .tags(["pixelwatch", "kafka", "faust"])
+        .tags(["pixelwatch", "kafka"])
         .editable()
         .time("now-1h", "now")
         .refresh("30s")
@@ -351,10 +362,10 @@ def build() -> model.Dashboard:
         .with_row(dashboard.Row("Errors and backlog"))
         .with_panel(dead_letters())
         .with_panel(consumer_lag())
-        .with_row(dashboard.Row("Model and framework"))
+        .with_row(dashboard.Row("Model and delivery"))
         .with_panel(model_info())
-        .with_panel(framework())
-        .with_panel(commit_latency())
+        .with_panel(delivery())
+        .with_panel(delivery_failures())
     )
     built = board.build()
     # Stable ids in layout order, so links to a panel (`viewPanel=`) survive regeneration.

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -161,55 +162,69 @@ async def _stream(
     )
     await consumer.start()
     try:
-        # The worker creates the topics; read every partition of the scores topic directly.
+        # The worker creates the topics. Every image is answered on the scores topic (compact
+        # records); the flagged ones also on the anomalies topic, with their pixels.
+        topics = [settings.scores_topic, settings.anomalies_topic]
         waiting = asyncio.ensure_future(
-            wait_for_partitions(settings, settings.scores_topic, args.timeout)
+            asyncio.gather(*(wait_for_partitions(settings, t, args.timeout) for t in topics))
         )
         while not waiting.done():
             if worker.poll() is not None:
                 waiting.cancel()
                 raise PixelwatchError(f"the worker exited early with code {worker.returncode}")
             await asyncio.sleep(0.25)
-        partitions = waiting.result()
-        consumer.assign([TopicPartition(settings.scores_topic, p) for p in partitions])
+        consumer.assign(
+            [
+                TopicPartition(topic, p)
+                for topic, partitions in zip(topics, waiting.result(), strict=True)
+                for p in partitions
+            ]
+        )
         await consumer.seek_to_beginning()
         await produce(settings, images, names)
         console.print(f"streamed {len(names)} images to {settings.input_topic}")
-        await _show_results(consumer, set(names), shape, worker, args.timeout)
+        await _show_results(consumer, settings, set(names), shape, worker, args.timeout)
     finally:
         await consumer.stop()
 
 
 async def _show_results(
     consumer: AIOKafkaConsumer,
+    settings: Settings,
     expected: set[str],
     shape: ImageShape,
     worker: subprocess.Popen[bytes],
     wait: float,
 ) -> None:
-    seen: set[str] = set()
-    anomalies = 0
+    scored: set[str] = set()
+    anomalous: set[str] = set()  # as the scores topic says
+    flagged: dict[str, dict[str, Any]] = {}  # as received from the anomalies topic
     deadline = time.monotonic() + wait
-    while seen != expected:
+    while scored != expected or flagged.keys() != anomalous:
         if worker.poll() is not None:
             raise PixelwatchError(f"the worker exited early with code {worker.returncode}")
         if time.monotonic() > deadline:
-            missing = ", ".join(sorted(expected - seen))
+            missing = ", ".join(sorted(expected - scored))
             raise PixelwatchError(f"no result within {wait:.0f}s for: {missing}")
         batches = await consumer.getmany(timeout_ms=500)
-        for records in batches.values():
+        for tp, records in batches.items():
             for record in records:
                 out = orjson.loads(record.value)
-                if out["id"] not in expected or out["id"] in seen:
+                ident = out["id"]
+                if ident not in expected:
                     continue
-                seen.add(out["id"])
-                if out["anomaly"]:
-                    anomalies += 1
+                if tp.topic == settings.scores_topic:
+                    scored.add(ident)
+                    if out["anomaly"]:
+                        anomalous.add(ident)
+                elif ident not in flagged:
+                    flagged[ident] = out
                     _print_anomaly(out, shape)
-    normal = len(seen) - anomalies
+    normal = len(scored) - len(flagged)
+    first = next(iter(flagged.values()), None)
+    rule = f" (threshold: {first['metric']} < {first['threshold']:.0%})" if first else ""
     console.print(
-        f"[bold]{len(seen)} images scored: {anomalies} anomalies, {normal} normal[/] "
-        f"(threshold: {out['metric']} < {out['threshold']:.0%})"
+        f"[bold]{len(scored)} images scored: {len(flagged)} anomalies, {normal} normal[/]{rule}"
     )
 
 

@@ -14,7 +14,7 @@ from service.config import Settings
 from service.dataplane.pipeline import BatchScorer
 from service.errors import PixelwatchError
 from service.kafka.topics import ensure_topics
-from service.scoring.model import load_model
+from service.scoring.model import Model, load_model
 from service.scoring.similarity import METRICS
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     model = load_model(settings.model, threads=settings.onnx_threads)
-    scorer = BatchScorer(
-        model,
-        metric=settings.metric,
-        threshold=settings.threshold,
-        max_message_bytes=settings.max_message_bytes,
-    )
+    scorer = scorer_for(settings, model)
     log.info(
         "model %s: %s %s, metric %s, threshold %.3f",
         settings.model,
@@ -86,6 +81,17 @@ def run(args: argparse.Namespace) -> int:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings, settings.connect_timeout))
     return start_worker(settings, scorer, loop)
+
+
+def scorer_for(settings: Settings, model: Model) -> BatchScorer:
+    return BatchScorer(
+        model,
+        metric=settings.metric,
+        threshold=settings.threshold,
+        max_message_bytes=settings.max_message_bytes,
+        scores_format=settings.scores_format if settings.scores_enabled else None,
+        anomalies_format=settings.anomalies_format,
+    )
 
 
 def prepare_data_dir(path: Path) -> None:
@@ -121,15 +127,30 @@ def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.Abstract
     from prometheus_client import REGISTRY
 
     from service.controlplane.app import create_app
+    from service.dataplane.loop import DataPlane
+    from service.dataplane.service import DataPlaneService
+    from service.dataplane.status import DataPathStatus
     from service.observability.metrics import WorkerMetrics, instrument
 
-    # The default registry also carries the process and Python collectors.
+    # The default registry also carries the process and Python metrics.
     metrics = WorkerMetrics(REGISTRY)
     metrics.describe_model(scorer)
-    app, _ = create_app(settings, scorer, observers=[metrics.observe_batch])
+    app = create_app(settings)
+    plane = DataPlane(
+        settings,
+        scorer,
+        status=DataPathStatus(),
+        observers=[metrics.observe_batch],
+        on_delivery_failure=metrics.delivery_failed,
+        on_lag=metrics.set_consumer_lag,
+        on_commit=metrics.set_committed,
+    )
+    metrics.unconfirmed.set_function(lambda: plane.unconfirmed)
     if settings.metrics_port:
-        instrument(app, metrics, settings.input_topic, settings.lag_interval)
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
+        instrument(app, metrics)
+    worker = faust.Worker(
+        app, DataPlaneService(plane), loop=loop, loglevel=settings.log_level, quiet=True
+    )
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -1,151 +1,114 @@
-"""The worker's batch logic, free of Kafka and faust: records in, outputs and dead letters out.
+"""The worker's batch logic, free of any Kafka client: consumed messages in, outputs and dead
+letters out, with one onnxruntime call per batch.
 
-Every record ends in exactly one place: an `Output` (published to scores, and to anomalies
-when flagged) or a `DeadLetter` (published to the DLQ with the original bytes).
+Every image ends in exactly one place: an output (the scores topic, and the anomalies topic
+when flagged) or a dead letter (the original bytes, the reason in headers). A message that
+carries several images is answered image by image.
 """
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Final
 
 import numpy as np
 import orjson
+from confluent_kafka import Message
 from numpy.typing import NDArray
-from pydantic import ValidationError
 
-from service.errors import InputError
+from service.dataplane.decode import WHOLE, Decoded, Decoder, Reject, out_of_range, value_problem
 from service.schemas import (
     HEADER_FAILED_AT,
+    HEADER_INDEX,
     HEADER_MESSAGE,
+    HEADER_MODEL_SHA256,
+    HEADER_MODEL_VERSION,
     HEADER_OFFSET,
     HEADER_PARTITION,
     HEADER_REASON,
     HEADER_TOPIC,
     DeadLetterReason,
-    ImageMessage,
+    OutputFormat,
 )
-from service.scoring.images import ImageShape, parse_art
 from service.scoring.model import Model
 from service.scoring.similarity import METRICS, MetricName
+from service.untrusted import clean
+
+log = logging.getLogger(__name__)
 
 Reason = DeadLetterReason
-Row = list[float] | NDArray[np.float32]
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A consumed Kafka message, reduced to what scoring and dead-lettering need."""
-
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-
-    @property
-    def where(self) -> str:
-        return f"{self.topic}[{self.partition}]@{self.offset}"
+# As confluent-kafka types produced headers (a list is invariant, so the value type is wide).
+Header = tuple[str, str | bytes | None]
+# Headers a dead letter sets itself; copies of them on the input are dropped, so a message
+# that fails again after a replay does not carry two reasons.
+_OWN_HEADERS: Final = ("pixelwatch.error.", "pixelwatch.source.", HEADER_FAILED_AT)
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    record: Record
+    """A message, or one image of it, that goes to the dead-letter topic."""
+
+    message: Message
+    index: int  # image index within the message, or WHOLE
     reason: DeadLetterReason
-    message: str
+    text: str
+    value: bytes | None = None  # None: the message's own value, byte for byte
 
-    def headers(self, failed_at: str) -> list[tuple[str, bytes]]:
-        r = self.record
-        return [
+    @property
+    def where(self) -> str:
+        m = self.message
+        at = f"{m.topic()}[{m.partition()}]@{m.offset()}"
+        return at if self.index == WHOLE else f"{at}#{self.index}"
+
+    def payload(self) -> bytes | None:
+        return self.message.value() if self.value is None else self.value
+
+    def headers(self, failed_at: str) -> list[Header]:
+        m = self.message
+        own: list[Header] = [
             (HEADER_REASON, self.reason.value.encode()),
-            (HEADER_MESSAGE, self.message.encode()),
-            (HEADER_TOPIC, r.topic.encode()),
-            (HEADER_PARTITION, str(r.partition).encode()),
-            (HEADER_OFFSET, str(r.offset).encode()),
-            (HEADER_FAILED_AT, failed_at.encode()),
+            (HEADER_MESSAGE, self.text.encode()),
+            (HEADER_TOPIC, str(m.topic()).encode()),
+            (HEADER_PARTITION, str(m.partition()).encode()),
+            (HEADER_OFFSET, str(m.offset()).encode()),
         ]
+        if self.index != WHOLE:
+            own.append((HEADER_INDEX, str(self.index).encode()))
+        own.append((HEADER_FAILED_AT, failed_at.encode()))
+        # The input's own headers (a binary format, tracing ids) travel along for replay.
+        headers = m.headers() or []
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        original: list[Header] = [
+            (key, value) for key, value in pairs if not key.startswith(_OWN_HEADERS)
+        ]
+        return original + own
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
-    key: bytes
-    value: bytes
-    anomaly: bool
-    similarity: float
-    ts_ms: int
-
-
-@dataclass
+@dataclass(slots=True)
 class BatchResult:
-    outputs: list[Output] = field(default_factory=list)
+    """What one batch produced; `scores` and `anomalies` are (key, value) pairs to send."""
+
+    messages: Sequence[Message]
+    scores: list[tuple[bytes, bytes]] = field(default_factory=list)
+    anomalies: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    similarity: NDArray[np.float32] = field(default_factory=lambda: np.empty(0, np.float32))
+    ts_ms: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    headers: list[Header] = field(default_factory=list)
     detected_at: str = ""
 
+    @property
+    def scored(self) -> int:
+        return len(self.similarity)
 
-class Rejected(Exception):
-    """A record that cannot be scored; carries the dead-letter reason."""
-
-    def __init__(self, reason: DeadLetterReason, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def parse(record: Record, shape: ImageShape, max_bytes: int) -> tuple[ImageMessage, Row]:
-    """Validate one record's JSON and pixel count; value ranges are checked per batch."""
-    raw = record.value
-    if raw is None or not raw:
-        raise Rejected(Reason.INVALID_JSON, "empty message value")
-    if len(raw) > max_bytes:
-        raise Rejected(Reason.OVERSIZED, f"{len(raw)} bytes is over the {max_bytes}-byte limit")
-    try:
-        message = ImageMessage.model_validate_json(raw)
-    except ValidationError as exc:
-        raise Rejected(*_explain(exc)) from None
-    if isinstance(message.pixels, str):
-        try:
-            return message, parse_art(message.pixels, shape, source="pixels")
-        except InputError as exc:
-            reason = Reason.PIXEL_VALUE if "character" in exc.problem else Reason.PIXEL_COUNT
-            raise Rejected(reason, f"pixels: {exc.problem}") from None
-    if len(message.pixels) != shape.size:
-        raise Rejected(
-            Reason.PIXEL_COUNT,
-            f"pixels: {len(message.pixels)} values, expected {shape.size} ({shape})",
-        )
-    return message, message.pixels
-
-
-def out_of_range(pixels: NDArray[np.float32]) -> NDArray[np.bool_]:
-    """Per row of a batch: does any pixel lie outside [0, 1] or is not finite?"""
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(pixels) | (pixels < 0) | (pixels > 1)
-    return np.asarray(bad.any(axis=1))
-
-
-def _value_problem(row: NDArray[np.float32]) -> str:
-    bad = ~np.isfinite(row) | (row < 0) | (row > 1)
-    index = int(np.argmax(bad))
-    return f"pixels[{index}]: {float(row[index])} is outside [0, 1]"
-
-
-def _explain(exc: ValidationError) -> tuple[DeadLetterReason, str]:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    if first["type"] == "json_invalid":
-        return Reason.INVALID_JSON, f"invalid JSON: {first['ctx'].get('error', first['msg'])}"
-    if first["type"] == "model_type":
-        return Reason.SCHEMA, "value must be a JSON object"
-    # `pixels` is a union (list | str): report the branch matching what was sent.
-    loc = first["loc"]
-    if loc and loc[0] == "pixels" and len(errors) > 1:
-        first = next((e for e in errors if "list" in str(e["loc"][1:2])), first)
-        loc = first["loc"]
-    path = ".".join(str(p) for p in loc if not str(p).startswith(("list[", "str")))
-    return Reason.SCHEMA, f"{path or 'value'}: {first['msg']}"
+    @property
+    def flagged(self) -> int:
+        return len(self.anomalies)
 
 
 class BatchScorer:
-    """Decodes, scores (one onnxruntime call) and formats a batch of records."""
+    """Decodes, scores (one onnxruntime call) and encodes a batch of consumed messages."""
 
     def __init__(
         self,
@@ -154,68 +117,168 @@ class BatchScorer:
         metric: MetricName | None = None,
         threshold: float | None = None,
         max_message_bytes: int = 65_536,
+        scores_format: OutputFormat | None = "compact",
+        anomalies_format: OutputFormat = "full",
     ) -> None:
         self.model = model
         self.metric: MetricName = metric or model.metadata.metric
         self.threshold = model.metadata.threshold if threshold is None else threshold
-        self.max_message_bytes = max_message_bytes
-        self._model_ref = {"version": model.version, "sha256": model.sha256}
+        self.scores_format = scores_format  # None: the scores topic is off
+        self.anomalies_format = anomalies_format
+        self.decoder = Decoder(model.shape, max_message_bytes)
+        # The parts of every output that only change with the model are serialised once.
+        self._model_ref = orjson.Fragment(
+            orjson.dumps({"version": model.version, "sha256": model.sha256})
+        )
+        self.headers: list[Header] = [
+            (HEADER_MODEL_VERSION, model.version.encode()),
+            (HEADER_MODEL_SHA256, model.sha256.encode()),
+        ]
 
-    def process(self, records: Sequence[Record]) -> BatchResult:
-        now = datetime.now(UTC)
-        result = BatchResult(detected_at=now.isoformat(timespec="milliseconds"))
-        parsed: list[tuple[Record, ImageMessage]] = []
-        rows: list[Row] = []
-        shape = self.model.shape
-        for record in records:
+    def process(self, messages: Sequence[Message]) -> BatchResult:
+        """Score a batch; an exception is narrowed down to the messages that raise it.
+
+        A message that makes our own code fail goes to the dead-letter topic with reason
+        `internal` and the exception's name; the rest of the batch is answered as usual.
+        """
+        try:
+            return self._process(messages)
+        except Exception:
+            if len(messages) == 1:
+                raise
+        log.exception("a batch of %d failed; scoring its messages one by one", len(messages))
+        result = BatchResult(messages=messages, headers=self.headers)
+        parts: list[BatchResult] = []
+        for message in messages:
             try:
-                message, row = parse(record, shape, self.max_message_bytes)
-            except Rejected as exc:
-                result.dead.append(DeadLetter(record, exc.reason, str(exc)))
-                continue
-            parsed.append((record, message))
-            rows.append(row)
-        if not rows:
-            return result
-        # One conversion and one range check for the whole batch, not one per message.
-        pixels = np.asarray(rows, dtype=np.float32)
-        bad = out_of_range(pixels)
-        if bad.any():
-            for index in np.flatnonzero(bad):
-                problem = _value_problem(pixels[index])
-                result.dead.append(DeadLetter(parsed[index][0], Reason.PIXEL_VALUE, problem))
-            keep = ~bad
-            parsed = [p for p, ok in zip(parsed, keep.tolist(), strict=True) if ok]
-            pixels = pixels[keep]
-            if not parsed:
-                return result
-        accepted = parsed
-        rows = list(pixels)
-        scored = self.model.score(pixels, metric=self.metric, threshold=self.threshold)
-        similarity = scored.similarity.tolist()
+                parts.append(self._process([message]))
+            except Exception as exc:
+                text = clean(f"{type(exc).__name__}: {exc}", 300)
+                result.dead.append(DeadLetter(message, WHOLE, Reason.INTERNAL, text))
+        for part in parts:
+            result.scores += part.scores
+            result.anomalies += part.anomalies
+            result.dead += part.dead
+            result.detected_at = part.detected_at
+        if parts:
+            result.similarity = np.concatenate([p.similarity for p in parts])
+            result.ts_ms = np.concatenate([p.ts_ms for p in parts])
+        return result
+
+    def _process(self, messages: Sequence[Message]) -> BatchResult:
+        detected_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        result = BatchResult(messages=messages, headers=self.headers, detected_at=detected_at)
+        decoded = self.decoder.decode(list(messages))
+        result.dead = [self._dead(messages, r) for r in decoded.rejects]
+        if len(decoded):
+            decoded = self._drop_out_of_range(decoded, messages, result)
+        if len(decoded):
+            self._score(decoded, messages, result)
+        return result
+
+    def _dead(self, messages: Sequence[Message], reject: Reject) -> DeadLetter:
+        return DeadLetter(
+            messages[reject.message], reject.index, reject.reason, reject.text, reject.value
+        )
+
+    def _drop_out_of_range(
+        self, decoded: Decoded, messages: Sequence[Message], result: BatchResult
+    ) -> Decoded:
+        """One range check for the whole batch, not one per message."""
+        bad = out_of_range(decoded.pixels)
+        if not bad.any():
+            return decoded
+        for row in np.flatnonzero(bad).tolist():
+            text = value_problem(decoded.pixels[row])
+            message = messages[decoded.message[row]]
+            letter = DeadLetter(
+                message, decoded.index[row], Reason.PIXEL_VALUE, text, decoded.dead_value(row)
+            )
+            result.dead.append(letter)
+        keep = np.flatnonzero(~bad).tolist()
+        return Decoded(
+            pixels=decoded.pixels[~bad],
+            message=[decoded.message[k] for k in keep],
+            index=[decoded.index[k] for k in keep],
+            ids=[decoded.ids[k] for k in keep],
+            ts=[decoded.ts[k] for k in keep],
+            values=[decoded.values[k] for k in keep],
+            rejects=decoded.rejects,
+        )
+
+    def _score(self, decoded: Decoded, messages: Sequence[Message], result: BatchResult) -> None:
+        scored = self.model.score(decoded.pixels, metric=self.metric, threshold=self.threshold)
+        similarity = scored.similarity
         anomaly = scored.anomaly.tolist()
-        scores = {m: scored.scores[m].tolist() for m in METRICS}
-        for i, (record, message) in enumerate(accepted):
-            ident = message.id or f"{record.topic}:{record.partition}:{record.offset}"
-            ts = message.ts if message.ts is not None else record.timestamp_ms
+        columns = [scored.scores[m].tolist() for m in METRICS]
+        scores = [dict(zip(METRICS, values, strict=True)) for values in zip(*columns, strict=True)]
+        sims = similarity.tolist()
+        ts_ms: list[int] = []
+        compact = self.scores_format == "compact"
+        full_scores = self.scores_format == "full"
+        full_anomalies = self.anomalies_format == "full"
+        for row, position in enumerate(decoded.message):
+            message = messages[position]
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            index = decoded.index[row]
+            ident = decoded.ids[row]
+            if ident is None:
+                ident = f"{topic}:{partition}:{offset}"
+                if index != WHOLE:
+                    ident = f"{ident}:{index}"
+            ts = decoded.ts[row]
+            if ts is None:
+                ts = message.timestamp()[1]
+            ts_ms.append(ts)
+            source: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
+            if index != WHOLE:
+                source["index"] = index
+            flagged = anomaly[row]
+            key = ident.encode()
             body = {
                 "id": ident,
-                "anomaly": anomaly[i],
-                "similarity": similarity[i],
-                "metric": self.metric,
-                "threshold": self.threshold,
-                "scores": {m: scores[m][i] for m in METRICS},
+                "anomaly": flagged,
+                "similarity": sims[row],
+                "scores": scores[row],
                 "model": self._model_ref,
-                "pixels": rows[i],
-                "reconstruction": scored.reconstruction[i],
-                "source": {
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                },
+                "source": source,
                 "ts": ts,
-                "detected_at": result.detected_at,
             }
-            value = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-            result.outputs.append(Output(ident.encode(), value, anomaly[i], similarity[i], ts))
-        return result
+            short = orjson.dumps(body) if compact or (flagged and not full_anomalies) else None
+            full = None
+            if full_scores or (flagged and full_anomalies):
+                full = self._full(body, decoded.pixels[row], scored.reconstruction[row], result)
+            if self.scores_format is not None:
+                value = full if full_scores else short
+                assert value is not None
+                result.scores.append((key, value))
+            if flagged:
+                value = full if full_anomalies else short
+                assert value is not None
+                result.anomalies.append((key, value))
+        result.similarity = similarity
+        result.ts_ms = np.asarray(ts_ms, dtype=np.int64)
+
+    def _full(
+        self,
+        body: dict[str, Any],
+        pixels: NDArray[np.float32],
+        reconstruction: NDArray[np.float32],
+        result: BatchResult,
+    ) -> bytes:
+        """The record with pixels and reconstruction, fields in the schema's order."""
+        full = {
+            "id": body["id"],
+            "anomaly": body["anomaly"],
+            "similarity": body["similarity"],
+            "metric": self.metric,
+            "threshold": self.threshold,
+            "scores": body["scores"],
+            "model": self._model_ref,
+            "pixels": pixels,
+            "reconstruction": reconstruction,
+            "source": body["source"],
+            "ts": body["ts"],
+            "detected_at": result.detected_at,
+        }
+        return orjson.dumps(full, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,4 +1,5 @@
-"""Kafka connection options from Settings, shared by faust, the admin client and producers."""
+"""Kafka connection options from Settings: for faust and aiokafka (control plane, tools) and
+for librdkafka (the data plane)."""
 
 import ssl
 from typing import Any
@@ -49,3 +50,26 @@ def faust_credentials(settings: Settings) -> Credentials | None:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+def librdkafka_config(settings: Settings) -> dict[str, str | int | float | bool]:
+    """Connection properties for confluent-kafka (librdkafka) clients: the data plane's."""
+    config: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": ",".join(settings.bootstrap_servers),
+        "security.protocol": settings.security_protocol.lower(),
+        "client.id": "pixelwatch",
+    }
+    if settings.security_protocol.startswith("SASL"):
+        assert settings.sasl_password is not None  # Settings validated this
+        config |= {
+            "sasl.mechanism": settings.sasl_mechanism,
+            "sasl.username": settings.sasl_username or "",
+            "sasl.password": settings.sasl_password.get_secret_value(),
+        }
+    files = {
+        "ssl.ca.location": settings.ssl_cafile,
+        "ssl.certificate.location": settings.ssl_certfile,
+        "ssl.key.location": settings.ssl_keyfile,
+    }
+    config |= {key: str(path) for key, path in files.items() if path is not None}
+    return config

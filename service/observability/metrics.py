@@ -1,27 +1,30 @@
 """Prometheus metrics for the worker: what it scored, how fast, and how far behind it is.
 
 `WorkerMetrics` receives its `CollectorRegistry`, so tests give it a fresh one; the worker
-uses the default registry (which adds process and Python metrics). `instrument` puts it on a
-faust app: faust's own Prometheus sensor on the same registry, one `/metrics` page on the
-app's web port, and a timer that refreshes the consumer lag.
+uses the default registry (which adds process and Python metrics). The data path feeds it
+once per batch (`observe_batch`), never once per image. `instrument` puts it on the faust
+app: faust's own Prometheus sensor on the same registry, one `/metrics` page on the app's
+web port.
 """
 
-import asyncio
 import logging
 import time
+from collections import Counter as Tally
 from collections.abc import Mapping, Set
-from typing import Any, Final
+from typing import Final
 
 import faust
+import numpy as np
 from faust.sensors.prometheus import setup_prometheus_sensors
-from faust.transport.consumer import Consumer
-from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.dataplane.pipeline import BatchResult, BatchScorer
+from service.observability.histogram import BulkHistogram
 from service.schemas import DeadLetterReason
 
 log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
 
 OUTCOMES: Final = ("normal", "anomaly", "invalid")
 
@@ -57,15 +60,15 @@ class WorkerMetrics:
             ["reason"],
             registry=registry,
         )
-        self.similarity = Histogram(
+        self.similarity = BulkHistogram(
             "pixelwatch_similarity",
             "Similarity of each scored image to its reconstruction, for the active metric",
-            buckets=SIMILARITY_BUCKETS,
-            registry=registry,
+            SIMILARITY_BUCKETS,
+            registry,
         )
         self.inference = Histogram(
             "pixelwatch_inference_seconds",
-            "Seconds to decode, score and queue the outputs of one batch",
+            "Seconds to decode, score, encode and hand to the producer one batch",
             buckets=INFERENCE_BUCKETS,
             registry=registry,
         )
@@ -75,12 +78,12 @@ class WorkerMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
-        self.latency = Histogram(
+        self.latency = BulkHistogram(
             "pixelwatch_end_to_end_latency_seconds",
             "Seconds from an image's event time (its ts, else the Kafka timestamp) to its "
             "output being handed to the producer",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
         self.model_info = Gauge(
             "pixelwatch_model_info",
@@ -99,13 +102,34 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.committed_offset = Gauge(
+            "pixelwatch_committed_offset",
+            "The group's committed offset (next to read) of each input partition this worker "
+            "owns; it only moves once the outputs before it are confirmed by the broker",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.unconfirmed = Gauge(
+            "pixelwatch_unconfirmed_messages",
+            "Consumed messages whose outputs the broker has not confirmed yet (at most "
+            "PIXELWATCH_MAX_IN_FLIGHT; at the limit, consuming pauses)",
+            registry=registry,
+        )
+        self.delivery_failures = Counter(
+            "pixelwatch_delivery_failures",
+            "Records the broker did not take after the producer's retries, by topic and error; "
+            "an output is then replaced by a dead letter, a dead letter stops the worker",
+            ["topic", "reason"],
+            registry=registry,
+        )
         # Every label value exists from the start, at 0, so rate() and the alerts see a
         # series before the first image (or the first dead letter of a kind) arrives.
         for outcome in OUTCOMES:
             self.images.labels(outcome)
         for reason in DeadLetterReason:
             self.dead_letters.labels(reason.value)
-        self._lags: dict[TP, int] = {}
+        self._lags: dict[TopicPartition, int] = {}
+        self._committed_labels: set[tuple[str, str]] = set()
 
     def describe_model(self, scorer: BatchScorer) -> None:
         """Publish the model and threshold the scorer uses (reads the model file for its hash)."""
@@ -120,93 +144,53 @@ class WorkerMetrics:
         self.threshold.set(scorer.threshold)
 
     def observe_batch(self, result: BatchResult, seconds: float) -> None:
-        """A `BatchObserver`: count one batch's outcomes once its outputs are queued."""
-        now_ms = time.time() * 1000.0
-        anomalies = sum(1 for out in result.outputs if out.anomaly)
-        self.images.labels("anomaly").inc(anomalies)
-        self.images.labels("normal").inc(len(result.outputs) - anomalies)
-        self.images.labels("invalid").inc(len(result.dead))
-        for dead in result.dead:
-            self.dead_letters.labels(dead.reason.value).inc()
-        for out in result.outputs:
-            self.similarity.observe(out.similarity)
+        """A `BatchObserver`: count one batch's outcomes once its outputs are handed over."""
+        flagged = result.flagged
+        self.images.labels("anomaly").inc(flagged)
+        self.images.labels("normal").inc(result.scored - flagged)
+        if result.dead:
+            self.images.labels("invalid").inc(len(result.dead))
+            for reason, count in Tally(d.reason for d in result.dead).items():
+                self.dead_letters.labels(reason.value).inc(count)
+        if result.scored:
+            self.similarity.observe_many(result.similarity)
             # A producer's clock ahead of ours would give a negative age: count it as 0.
-            self.latency.observe(max(0.0, now_ms - out.ts_ms) / 1000.0)
+            now_ms = time.time() * 1000.0
+            self.latency.observe_many(np.maximum(0.0, now_ms - result.ts_ms) / 1000.0)
         self.inference.observe(seconds)
-        self.batch_size.observe(len(result.outputs) + len(result.dead))
+        self.batch_size.observe(len(result.messages))
 
-    def set_consumer_lag(self, lags: Mapping[TP, int]) -> None:
-        """Replace the lag series: one per partition in `lags`, none for any other."""
-        for tp in self._lags.keys() - lags.keys():
-            self.consumer_lag.remove(tp.topic, str(tp.partition))
-        for tp, lag in lags.items():
-            self.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+    def delivery_failed(self, topic: str, reason: str, dead_lettered: bool) -> None:
+        """A `DeliveryObserver`: the failure, and the dead letter sent in its place."""
+        self.delivery_failures.labels(topic, reason).inc()
+        if dead_lettered:  # its image was counted as scored already: not an invalid one
+            self.dead_letters.labels(DeadLetterReason.DELIVERY.value).inc()
+
+    def set_consumer_lag(self, lags: Mapping[TopicPartition, int]) -> None:
+        """Replace the lag series: one per partition in `lags`, none for any other (the
+        committed-offset series follow the same partitions)."""
+        for topic, partition in self._lags.keys() - lags.keys():
+            self.consumer_lag.remove(topic, str(partition))
+            if (topic, str(partition)) in self._committed_labels:
+                self.committed_offset.remove(topic, str(partition))
+                self._committed_labels.discard((topic, str(partition)))
+        for (topic, partition), lag in lags.items():
+            self.consumer_lag.labels(topic, str(partition)).set(lag)
         self._lags = dict(lags)
 
-    def forget_partitions(self, partitions: Set[TP]) -> None:
+    def set_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """An `on_commit` observer: the offsets the broker confirmed for the group."""
+        for (topic, partition), offset in offsets.items():
+            self.committed_offset.labels(topic, str(partition)).set(offset)
+            self._committed_labels.add((topic, str(partition)))
+
+    def forget_partitions(self, partitions: Set[TopicPartition]) -> None:
         """Drop the lag series of partitions this worker no longer owns."""
         self.set_consumer_lag({tp: lag for tp, lag in self._lags.items() if tp not in partitions})
 
 
-def partition_lag(highwater: int, committed: int | None, position: int | None) -> int:
-    """Messages behind in one partition: the high watermark minus the group's committed offset.
-
-    Kafka's committed offset is the next one to read, so a caught-up partition has lag 0.
-    Before the group first commits there, the consumer's position stands in for it.
-    """
-    done = committed if committed is not None else position
-    if done is None:
-        return 0
-    return max(0, highwater - done)
-
-
-async def measure_lag(consumer: Consumer, topic: str) -> dict[TP, int]:
-    """Lag of every partition of `topic` assigned to this consumer.
-
-    The high watermarks come from the broker, not from the last fetch, so a consumer that
-    stopped fetching still sees its lag grow.
-    """
-    assigned = sorted(tp for tp in consumer.assignment() if tp.topic == topic)
-    if not assigned:
-        return {}
-    # faust keeps the group's committed offsets here (read from Kafka on assignment,
-    # updated after each commit) and has no public accessor for them.
-    committed = {tp: consumer._committed_offset.get(tp) for tp in assigned}
-    uncommitted = [tp for tp, offset in committed.items() if offset is None]
-    highwaters, positions = await asyncio.gather(
-        consumer.highwaters(*assigned),
-        asyncio.gather(*(consumer.position(tp) for tp in uncommitted)),
-    )
-    position = dict(zip(uncommitted, positions, strict=True))
-    return {tp: partition_lag(highwaters[tp], committed[tp], position.get(tp)) for tp in assigned}
-
-
-def instrument(app: faust.App, metrics: WorkerMetrics, topic: str, lag_interval: float) -> None:
-    """Serve `metrics` and faust's own sensor metrics on the app's `/metrics` page, and keep
-    the consumer lag of `topic` fresh (every `lag_interval` seconds and on each rebalance)."""
+def instrument(app: faust.App, metrics: WorkerMetrics) -> None:
+    """Serve `metrics` and faust's own sensor metrics on the app's `/metrics` page."""
     setup_prometheus_sensors(
         app, pattern="/metrics", registry=metrics.registry, name_prefix=FAUST_PREFIX
     )
-
-    async def refresh_lag() -> None:
-        consumer = app.consumer
-        if not isinstance(consumer, Consumer):
-            return
-        try:
-            lags = await measure_lag(consumer, topic)
-            owned = consumer.assignment()
-        except Exception as exc:  # a missed refresh must not stop the worker; the next retries
-            log.warning("consumer lag not refreshed (next try in %ss): %r", lag_interval, exc)
-            return
-        # A rebalance may have revoked partitions while the offsets were being fetched.
-        metrics.set_consumer_lag({tp: lag for tp, lag in lags.items() if tp in owned})
-
-    async def on_revoked(_sender: object, *args: Any, **_: Any) -> None:
-        # mode's signals call receivers as (sender, *args, signal=..., **kwargs); faust sends
-        # the revoked partitions as the one positional argument.
-        metrics.forget_partitions(args[0])
-
-    app.timer(lag_interval, name="pixelwatch.consumer_lag")(refresh_lag)
-    # mode types receivers with mypy_extensions' VarArg/NamedArg, which mypy matches with no
-    # function at all (not even `def f(*args: Any, **kwargs: Any)`).
-    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]

@@ -1,0 +1,497 @@
+"""The image topic's consumer loop on librdkafka, run in a thread of its own.
+
+    consume a batch -> decode, one ONNX call, encode -> produce every output and dead letter
+    -> (later, when the broker has confirmed all of them) store the batch's offsets
+
+librdkafka commits stored offsets in the background every `commit_interval`, on revoke (we
+commit explicitly there, after draining) and on close. So a committed offset always has its
+outputs in Kafka: at-least-once delivery. Everything runs on this one thread: the consumer's
+rebalance callbacks fire inside `consume`, the producer's delivery callbacks inside `poll` and
+`flush`, so the ledger needs no lock. The loop never waits for deliveries between batches;
+it stops consuming only when `max_in_flight` messages await confirmation.
+
+An output the broker refuses (too large, topic gone, not authorised), once librdkafka's own
+retries end after `delivery_timeout`, is replaced by a dead letter of its input with reason
+`delivery`. A dead letter that cannot be delivered either stops the worker without
+committing its batch: nothing is ever acknowledged that is not somewhere in Kafka.
+"""
+
+import hashlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from service.config import Settings
+from service.dataplane.decode import WHOLE
+from service.dataplane.ledger import Failure, Flight, Ledger, TopicPartitionKey
+from service.dataplane.pipeline import BatchResult, BatchScorer, DeadLetter, Header, Reason
+from service.dataplane.status import DataPathStatus
+from service.errors import PixelwatchError
+from service.kafka.options import librdkafka_config
+from service.observability.throttle import Throttle
+from service.untrusted import clean
+
+log = logging.getLogger("pixelwatch.dataplane")
+
+BatchObserver = Callable[[BatchResult, float], None]
+"""Called on the loop's thread after each batch is handed to the producer."""
+DeliveryObserver = Callable[[str, str, bool], None]
+"""Called for each record the broker did not take: (topic, error name, whether a dead letter
+of its input was sent in its place)."""
+
+_LOGGED_DEAD_LETTERS: Final = 10  # per batch; the rest are counted in one line
+_SIZE_ERRORS: Final = frozenset({KafkaError.MSG_SIZE_TOO_LARGE})
+
+
+class DataPlaneError(PixelwatchError):
+    """The data path cannot go on without losing data; the process must stop."""
+
+
+class DataPlane:
+    """Consumes the input topic and answers every message; `run` blocks until `stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: BatchScorer,
+        *,
+        status: DataPathStatus | None = None,
+        observers: Sequence[BatchObserver] = (),
+        on_delivery_failure: DeliveryObserver | None = None,
+        on_lag: Callable[[dict[TopicPartitionKey, int]], None] | None = None,
+        on_commit: Callable[[dict[TopicPartitionKey, int]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.status = status or DataPathStatus()
+        self.observers = list(observers)
+        self._on_delivery_failure = on_delivery_failure
+        self._on_lag = on_lag
+        self._on_commit = on_commit
+        self._committed: dict[TopicPartitionKey, int] = {}  # as the broker confirmed
+        self._next_scorer: BatchScorer | None = None
+        self._stopping = threading.Event()
+        self._ledger = Ledger()
+        self._failures: list[Failure] = []
+        self._assigned: set[TopicPartitionKey] = set()
+        self._stored: dict[TopicPartitionKey, int] = {}
+        self._fatal: BaseException | None = None
+        self._throttle = Throttle(1.0)
+        self._next_lag = 0.0
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # ---- control, from any thread ----
+
+    def stop(self) -> None:
+        """Finish the batch in hand, deliver everything, commit and leave the group."""
+        self._stopping.set()
+
+    def swap(self, scorer: BatchScorer) -> None:
+        """Score with `scorer` from the next batch on: never half a batch with each."""
+        self._next_scorer = scorer
+
+    @property
+    def unconfirmed(self) -> int:
+        """Consumed messages whose outputs the broker has not confirmed yet."""
+        return self._ledger.in_flight
+
+    # ---- configuration ----
+
+    def consumer_config(self) -> dict[str, Any]:
+        s = self.settings
+        return librdkafka_config(s) | {
+            "group.id": s.group_id,
+            "client.id": f"pixelwatch-{socket.gethostname()}",
+            "auto.offset.reset": s.auto_offset_reset,
+            # Offsets are stored by us once a batch is delivered; librdkafka commits them.
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": int(s.commit_interval * 1000),
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": int(s.session_timeout * 1000),
+            "heartbeat.interval.ms": max(100, int(s.session_timeout * 1000 / 3)),
+            # The prefetch queue: enough for several batches, without 64 MB per worker.
+            "queued.max.messages.kbytes": 16_384,
+            "allow.auto.create.topics": False,
+            "on_commit": self._committed_offsets,
+            "error_cb": self._client_error,
+            "logger": logging.getLogger("pixelwatch.librdkafka"),
+        }
+
+    def producer_config(self) -> dict[str, Any]:
+        s = self.settings
+        return librdkafka_config(s) | {
+            "client.id": f"pixelwatch-{socket.gethostname()}",
+            # Idempotence keeps retries from duplicating or reordering outputs.
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": int(s.delivery_timeout * 1000),
+            "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
+            "error_cb": self._client_error,
+            "logger": logging.getLogger("pixelwatch.librdkafka"),
+        }
+
+    # ---- the loop ----
+
+    def run(self) -> None:
+        consumer = self._consumer = Consumer(self.consumer_config())
+        self._producer = Producer(self.producer_config())
+        self.status.running = True
+        try:
+            consumer.subscribe(
+                [self.settings.input_topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            while not self._stopping.is_set():
+                self._step(consumer)
+            self._drain("shutdown")
+            self._commit(self._assigned)
+        except BaseException as exc:
+            self.status.error = clean(str(exc), 500)
+            raise
+        finally:
+            self.status.running = False
+            self.status.assigned = 0
+            try:
+                consumer.close()  # leaves the group; commits only offsets stored above
+            except KafkaException as exc:
+                log.warning("closing the consumer: %s", exc)
+
+    def _step(self, consumer: Consumer) -> None:
+        s = self.settings
+        messages = consumer.consume(s.batch_size, s.batch_window)
+        self._raise_fatal()
+        if self._next_scorer is not None:  # a batch boundary: swap here and only here
+            self.scorer, self._next_scorer = self._next_scorer, None
+        good = [m for m in messages if m.error() is None] if messages else []
+        if len(good) != len(messages):
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    self._client_error(error)
+        if good:
+            self._handle(good)
+        producer = self._producer
+        assert producer is not None
+        producer.poll(0)
+        self._settle()
+        while self._ledger.in_flight > s.max_in_flight:
+            producer.poll(0.05)
+            self._settle()
+        now = time.monotonic()
+        if now >= self._next_lag:
+            self._next_lag = now + s.lag_interval
+            self._refresh_lag(consumer)
+
+    def _handle(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        result = self.scorer.process(messages)
+        flight = self._ledger.open(messages, self._failures.append)
+        s = self.settings
+        headers = result.headers
+        if s.scores_enabled:
+            for key, value in result.scores:
+                self._produce(flight, s.scores_topic, key, value, headers)
+        for key, value in result.anomalies:
+            self._produce(flight, s.anomalies_topic, key, value, headers)
+        if result.dead:
+            self._dead_letters(flight, result.dead, result.detected_at)
+        flight.sealed = True
+        elapsed = time.perf_counter() - started
+        self.status.progressed()
+        for observe in self.observers:
+            observe(result, elapsed)
+
+    def _produce(
+        self,
+        flight: Flight,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[Header] | None,
+    ) -> None:
+        producer = self._producer
+        assert producer is not None
+        while True:
+            try:
+                producer.produce(topic, value, key, headers=headers, on_delivery=flight.delivered)
+            except BufferError:
+                # The producer's queue is full: serve deliveries until there is room.
+                producer.poll(0.1)
+                continue
+            flight.produced()
+            return
+
+    def _dead_letters(self, flight: Flight, dead: list[DeadLetter], failed_at: str) -> None:
+        for n, letter in enumerate(dead):
+            if n < _LOGGED_DEAD_LETTERS:
+                log.warning("%s -> DLQ (%s): %s", letter.where, letter.reason.value, letter.text)
+            self._produce_dead(flight, letter, letter.headers(failed_at), letter.payload())
+        if len(dead) > _LOGGED_DEAD_LETTERS:
+            more = len(dead) - _LOGGED_DEAD_LETTERS
+            log.warning("... and %d more dead letters in this batch (see the DLQ)", more)
+
+    def _produce_dead(
+        self,
+        flight: Flight,
+        letter: DeadLetter,
+        headers: list[Header],
+        value: bytes | None,
+    ) -> None:
+        try:
+            self._produce(flight, self.settings.dlq_topic, letter.message.key(), value, headers)
+        except KafkaException as exc:
+            # librdkafka refuses a record over its size limit before sending it.
+            if exc.args[0].code() not in _SIZE_ERRORS or value is None:
+                raise
+            self._produce(
+                flight, self.settings.dlq_topic, letter.message.key(), marker(value), headers
+            )
+
+    # ---- confirmations ----
+
+    def _settle(self) -> None:
+        """Replace refused records, then store the offsets of every fully delivered batch."""
+        while self._failures:
+            failures, self._failures = self._failures, []
+            for failure in failures:
+                self._replace(failure)
+        safe = self._ledger.settle()
+        if not safe:
+            return
+        owned = {key: offset for key, offset in safe.items() if key in self._assigned}
+        if owned:
+            assert self._consumer is not None
+            self._consumer.store_offsets(
+                offsets=[TopicPartition(t, p, offset) for (t, p), offset in owned.items()]
+            )
+            self._stored.update(owned)
+
+    def _replace(self, failure: Failure) -> None:
+        record, error, flight = failure.record, failure.error, failure.flight
+        topic = str(record.topic())
+        value = record.value()
+        if topic == self.settings.dlq_topic:
+            self._delivery_failed(topic, error, False)
+            if error.code() in _SIZE_ERRORS and value is not None and not _is_marker(value):
+                # Too large for the DLQ topic: keep the headers, replace the value.
+                self._produce(flight, topic, record.key(), marker(value), _pairs(record))
+                flight.settle_failure()
+                return
+            self._fatal = DataPlaneError(
+                f"dead-letter topic {topic} refused a record ({error.name()}: "
+                f"{clean(error.str())}); stopping without committing its batch"
+            )
+            flight.settle_failure()
+            return
+        source = _source_of(value, flight.messages)
+        if source is None:
+            self._fatal = DataPlaneError(
+                f"an output to {topic} failed ({error.name()}) and its input is unknown"
+            )
+            flight.settle_failure()
+            return
+        message, index = source
+        where = (message.partition(), message.offset())
+        if where in flight.replaced:  # its other output failed too: one dead letter is enough
+            self._delivery_failed(topic, error, False)
+            flight.settle_failure()
+            return
+        flight.replaced.add(where)
+        self._delivery_failed(topic, error, True)
+        image = "" if index == WHOLE else f" (image {index})"
+        text = clean(f"output{image} to {topic} refused: {error.name()}: {error.str()}", 300)
+        throttled, held = self._throttle.allow(f"delivery:{topic}:{error.code()}")
+        if throttled:
+            suffix = f" ({held} more since the last line)" if held else ""
+            log.error(
+                "%s[%s]@%s -> DLQ (delivery): %s%s",
+                message.topic(), message.partition(), message.offset(), text, suffix,
+            )  # fmt: skip
+        # The whole input goes to the DLQ, so a replay answers every image of it again.
+        letter = DeadLetter(message, WHOLE, Reason.DELIVERY, text)
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self._produce_dead(flight, letter, letter.headers(now), letter.payload())
+        flight.settle_failure()
+
+    def _delivery_failed(self, topic: str, error: KafkaError, dead_lettered: bool) -> None:
+        if self._on_delivery_failure is not None:
+            self._on_delivery_failure(topic, error.name(), dead_lettered)
+
+    def _drain(self, why: str) -> None:
+        """Wait until every produced record is confirmed (or replaced, or fatal)."""
+        producer = self._producer
+        assert producer is not None
+        deadline = time.monotonic() + self.settings.delivery_timeout + 30.0
+        while True:
+            self._settle()
+            self._raise_fatal()
+            if not len(self._ledger):
+                return
+            if time.monotonic() > deadline:
+                raise DataPlaneError(
+                    f"{why}: {self._ledger.in_flight} messages' outputs still unconfirmed "
+                    f"after {self.settings.delivery_timeout + 30:.0f}s; not committing them"
+                )
+            producer.flush(0.5)
+
+    def _commit(self, partitions: set[TopicPartitionKey]) -> None:
+        offsets = [
+            TopicPartition(t, p, self._stored[(t, p)])
+            for t, p in partitions
+            if (t, p) in self._stored
+        ]
+        if not offsets:
+            return
+        assert self._consumer is not None
+        try:
+            done = self._consumer.commit(offsets=offsets, asynchronous=False)
+            if done:
+                self._committed_offsets(None, list(done))
+        except KafkaException as exc:
+            # Nothing is lost: the next owner re-reads from the last commit (duplicates).
+            log.warning("committing %d partitions failed: %s", len(offsets), exc.args[0].str())
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    # ---- rebalance callbacks (inside consume(), on this thread) ----
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self.status.assigned = len(self._assigned)
+        self._next_lag = 0.0  # measure the new partitions' lag soon
+        log.info("assigned %s", _names(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        # Deliver what is in flight and commit before another worker takes over: a graceful
+        # rebalance re-scores nothing.
+        self._drain("rebalance")
+        self._commit(keys & self._assigned)
+        self._forget(keys)
+        log.info("revoked %s", _names(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        self._ledger.forget(keys)
+        self._forget(keys)
+        log.warning("lost %s (session timed out); another worker re-reads them", _names(partitions))
+
+    def _forget(self, keys: set[TopicPartitionKey]) -> None:
+        self._assigned -= keys
+        for key in keys:
+            self._stored.pop(key, None)
+            self._committed.pop(key, None)
+        self.status.assigned = len(self._assigned)
+
+    # ---- lag and client errors ----
+
+    def _refresh_lag(self, consumer: Consumer) -> None:
+        if not self._assigned:
+            self.status.lag = None
+            if self._on_lag is not None:
+                self._on_lag({})
+            return
+        lags: dict[TopicPartitionKey, int] = {}
+        try:
+            unknown = [TopicPartition(*k) for k in self._assigned if k not in self._committed]
+            if unknown:
+                self._committed_offsets(None, consumer.committed(unknown, timeout=2.0))
+            for key in sorted(self._assigned):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(*key), timeout=2.0, cached=False
+                )
+                lags[key] = partition_lag(high, self._committed.get(key), low)
+        except KafkaException as exc:
+            self._client_error(exc.args[0])
+            return
+        self.status.lag = sum(lags.values())
+        if self._on_lag is not None:
+            self._on_lag(lags)
+
+    def _committed_offsets(
+        self, error: KafkaError | None, partitions: list[TopicPartition]
+    ) -> None:
+        """librdkafka's commit callback (inside consume, on this thread): what the group has."""
+        log.debug("committed %s (%s)", partitions, error)
+        if error is not None and error.code() != KafkaError._NO_OFFSET:
+            self._client_error(error)
+        done = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in partitions
+            if tp.error is None and tp.offset >= 0 and (tp.topic, tp.partition) in self._assigned
+        }
+        if done:
+            self._committed.update(done)
+            if self._on_commit is not None:
+                self._on_commit(done)
+
+    def _client_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback and consume errors: fatal ones stop the loop."""
+        if error.fatal():
+            self._fatal = DataPlaneError(f"Kafka client error: {error.name()}: {error.str()}")
+            return
+        allowed, held = self._throttle.allow(f"client:{error.code()}")
+        if allowed:
+            suffix = f" ({held} more since the last line)" if held else ""
+            log.warning("Kafka: %s: %s%s", error.name(), clean(error.str()), suffix)
+
+
+def partition_lag(highwater: int, committed: int | None, low: int) -> int:
+    """Messages behind in one partition: the high watermark minus the committed offset (the
+    next one to read). Before the group's first commit there, all that is retained is."""
+    done = low if committed is None else committed
+    return max(0, highwater - done)
+
+
+def marker(value: bytes) -> bytes:
+    """What a dead letter carries when its input is too large for the DLQ topic."""
+    digest = hashlib.sha256(value).hexdigest()
+    return orjson.dumps({"pixelwatch_truncated": True, "size": len(value), "sha256": digest})
+
+
+def _is_marker(value: bytes) -> bool:
+    return value.startswith(b'{"pixelwatch_truncated":true')
+
+
+def _pairs(record: Message) -> list[Header]:
+    headers = record.headers() or []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def _source_of(value: bytes | None, messages: Sequence[Message]) -> tuple[Message, int] | None:
+    """The consumed message (and image index) an output was made from."""
+    try:
+        source = orjson.loads(value or b"")["source"]
+        partition, offset = int(source["partition"]), int(source["offset"])
+        index = int(source.get("index", WHOLE))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    for message in messages:
+        if message.partition() == partition and message.offset() == offset:
+            return message, index
+    return None
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
