@@ -1,14 +1,19 @@
 """Shared fixtures. Kafka tests run against a real broker that this session starts itself."""
 
 import asyncio
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from model_fixtures import seed_model_path  # noqa: F401  # shared trained-model fixture
 from service.kafka.broker import LocalBroker, free_port
+from worker_harness import WorkerProcess, WorkerTopics, worker_env
+
+StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +50,31 @@ async def topic_factory(kafka_bootstrap: str) -> AsyncIterator[Callable[[int], A
 
     yield create
     await admin.close()
+
+
+@pytest.fixture
+def topics() -> WorkerTopics:
+    return WorkerTopics()
+
+
+@pytest.fixture
+def start_worker(
+    kafka_bootstrap: str,
+    seed_model_path: Path,  # noqa: F811  # the fixture imported above
+    topics: WorkerTopics,
+    tmp_path: Path,
+) -> Iterator[StartWorker]:
+    """`start_worker(**PIXELWATCH_vars)` runs `pixelwatch worker` on the test topics; every
+    worker gets its own state dir and metrics port, and is killed at the end of the test."""
+    workers: list[WorkerProcess] = []
+
+    def start(**extra: str) -> WorkerProcess:
+        state = tmp_path / f"state-{len(workers)}"
+        env = worker_env(kafka_bootstrap, topics, seed_model_path, state, **extra)
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop(signal.SIGKILL)

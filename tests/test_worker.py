@@ -4,49 +4,25 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
+from conftest import StartWorker
 from service.samples import SEED_TEST, SEED_TRAIN
 from service.schemas import HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC, ScoreMessage
 from service.scoring.images import read_images
 from service.scoring.model import load_model
 from worker_harness import (
-    WorkerProcess,
     WorkerTopics,
     consume_until,
     produce,
     wait_for_topic,
-    worker_env,
 )
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def topics() -> WorkerTopics:
-    return WorkerTopics()
-
-
-@pytest.fixture
-def start_worker(
-    kafka_bootstrap: str, seed_model_path: Path, topics: WorkerTopics, tmp_path: Path
-) -> Iterator[object]:
-    workers: list[WorkerProcess] = []
-
-    def start(**extra: str) -> WorkerProcess:
-        env = worker_env(kafka_bootstrap, topics, seed_model_path, tmp_path / "state", **extra)
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop(signal.SIGKILL)
 
 
 def image(ident: str, pixels: np.ndarray) -> tuple[bytes, bytes]:
@@ -55,9 +31,9 @@ def image(ident: str, pixels: np.ndarray) -> tuple[bytes, bytes]:
 
 
 async def test_normal_and_anomalous_images_get_the_models_verdicts(
-    kafka_bootstrap: str, seed_model_path: Path, topics: WorkerTopics, start_worker: object
+    kafka_bootstrap: str, seed_model_path: Path, topics: WorkerTopics, start_worker: StartWorker
 ) -> None:
-    worker = start_worker(PIXELWATCH_PARTITIONS="4")  # type: ignore[operator]
+    worker = start_worker(PIXELWATCH_PARTITIONS="4")
     rng = np.random.default_rng(1)
     images = np.concatenate(
         [
@@ -93,9 +69,9 @@ async def test_normal_and_anomalous_images_get_the_models_verdicts(
 
 
 async def test_each_bad_input_lands_in_the_dead_letter_topic_with_its_reason(
-    kafka_bootstrap: str, topics: WorkerTopics, start_worker: object
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: StartWorker
 ) -> None:
-    worker = start_worker(PIXELWATCH_PARTITIONS="1", PIXELWATCH_MAX_MESSAGE_BYTES="4096")  # type: ignore[operator]
+    worker = start_worker(PIXELWATCH_PARTITIONS="1", PIXELWATCH_MAX_MESSAGE_BYTES="4096")
     bad = {
         b"oversized": (b'{"pixels": "' + b"." * 5000 + b'"}', "oversized"),
         b"json": (b"{not json", "invalid_json"),
@@ -125,7 +101,7 @@ async def test_each_bad_input_lands_in_the_dead_letter_topic_with_its_reason(
 
 
 async def test_a_worker_restarted_mid_stream_loses_no_message(
-    kafka_bootstrap: str, topics: WorkerTopics, start_worker: object
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: StartWorker
 ) -> None:
     total = 4000
     rng = np.random.default_rng(2)
@@ -134,7 +110,7 @@ async def test_a_worker_restarted_mid_stream_loses_no_message(
     messages[::97] = [(f"m{i}".encode(), b"broken") for i in range(0, total, 97)]
     expected = {f"m{i}" for i in range(total)}
 
-    first = start_worker(PIXELWATCH_BATCH_SIZE="50")  # type: ignore[operator]
+    first = start_worker(PIXELWATCH_BATCH_SIZE="50")
     await produce(kafka_bootstrap, topics.images, messages)
 
     def ids(records: dict[str, list]) -> set[str]:  # type: ignore[type-arg]
@@ -146,7 +122,7 @@ async def test_a_worker_restarted_mid_stream_loses_no_message(
     )  # fmt: skip
     assert first.stop(signal.SIGTERM) == 0, first.output()[-2000:]
 
-    second = start_worker(PIXELWATCH_BATCH_SIZE="50")  # type: ignore[operator]
+    second = start_worker(PIXELWATCH_BATCH_SIZE="50")
     records = await consume_until(
         kafka_bootstrap, [topics.scores, topics.dlq], lambda r: ids(r) >= expected,
         timeout=120, alive=second.alive,

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.kafka.broker import free_port
 
@@ -59,6 +61,7 @@ class WorkerProcess:
     """`pixelwatch worker` in a subprocess; its output goes to a log file for diagnosis."""
 
     def __init__(self, env: dict[str, str], log: Path, args: Iterable[str] = ()) -> None:
+        self.env = env
         self.log = log
         self._handle = log.open("ab")
         self.process = subprocess.Popen(
@@ -98,16 +101,36 @@ def worker_env(
     }
 
 
-async def produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+Outgoing = tuple[bytes | None, bytes] | tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+async def produce(bootstrap: str, topic: str, messages: Iterable[Outgoing]) -> None:
+    """Send (key, value) or (key, value, headers) messages and wait until all are acked."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4_000_000
+    )
     await producer.start()
     try:
-        futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+        futures = []
+        for message in messages:
+            key, value, *rest = message
+            headers = rest[0] if rest else None
+            futures.append(await producer.send(topic, value=value, key=key, headers=headers))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+def metric_value(worker: "WorkerProcess", name: str, **labels: str) -> float | None:
+    """One sample from the worker's /metrics page (None: not exported)."""
+    port = worker.env["PIXELWATCH_METRICS_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
 
 
 async def wait_for_topic(

@@ -1,4 +1,9 @@
-"""`pixelwatch produce`: send images from a file to the input topic, for demos and load."""
+"""`pixelwatch produce`: send images from a file to the input topic, for demos and load.
+
+Images go one per JSON message by default; `--format u8|bits` sends binary pixels, and
+`--per-message N` packs N images into each message (a JSON batch, or N binary images back
+to back), the shapes deploy/schemas/ and the README describe.
+"""
 
 import argparse
 import asyncio
@@ -15,6 +20,7 @@ from rich.progress import Progress
 from service.config import Settings
 from service.errors import PixelwatchError
 from service.kafka.options import client_options
+from service.schemas import HEADER_FORMAT, HEADER_ID
 from service.scoring.images import ImageShape, Pixels, read_images
 from service.scoring.model import load_model
 
@@ -35,6 +41,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--id-prefix", help="message ids are PREFIX-N (default: file name + run id)"
     )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="json (default), u8 (one byte per pixel) or bits (one bit per pixel, binary images)",
+    )
+    parser.add_argument(
+        "--per-message",
+        type=int,
+        default=1,
+        metavar="N",
+        help="images per message (default 1); a binary message with N images names them "
+        "ID:0..ID:N-1 after its first image's id",
+    )
+
+
+FORMATS = ("json", "u8", "bits")
+Message = tuple[bytes, bytes, list[tuple[str, bytes]] | None]
 
 
 def encode(pixels: Pixels, ident: str, ts_ms: int) -> bytes:
@@ -42,6 +66,22 @@ def encode(pixels: Pixels, ident: str, ts_ms: int) -> bytes:
     return orjson.dumps(
         {"id": ident, "pixels": pixels, "ts": ts_ms}, option=orjson.OPT_SERIALIZE_NUMPY
     )
+
+
+def encode_messages(rows: Pixels, ids: list[str], ts_ms: int, fmt: str = "json") -> Message:
+    """One message carrying `rows` (images named `ids`): key, value and headers."""
+    key = ids[0].encode()
+    if fmt == "json":
+        if len(ids) == 1:
+            return key, encode(rows[0], ids[0], ts_ms), None
+        images = [{"id": i, "pixels": r, "ts": ts_ms} for i, r in zip(ids, rows, strict=True)]
+        value = orjson.dumps({"images": images}, option=orjson.OPT_SERIALIZE_NUMPY)
+        return key, value, None
+    if fmt == "u8":
+        value = np.round(np.clip(rows, 0.0, 1.0) * 255).astype(np.uint8).tobytes()
+    else:
+        value = np.packbits(np.asarray(rows) >= 0.5, axis=1).tobytes()
+    return key, value, [(HEADER_FORMAT, fmt.encode()), (HEADER_ID, key)]
 
 
 async def produce(
@@ -52,8 +92,11 @@ async def produce(
     rate: float = 0.0,
     topic: str | None = None,
     show_progress: bool = False,
+    fmt: str = "json",
+    per_message: int = 1,
 ) -> int:
-    """Send images[i] with id ids[i]; returns how many were acknowledged by Kafka."""
+    """Send images[i] with id ids[i] (cycling `images`); returns how many images Kafka
+    acknowledged. `rate` is in images per second."""
     producer = AIOKafkaProducer(**client_options(settings), linger_ms=5, acks="all")
     await producer.start()
     target = topic or settings.input_topic
@@ -62,20 +105,23 @@ async def produce(
     try:
         with Progress(disable=not show_progress, transient=True) as progress:
             task = progress.add_task(f"producing to {target}", total=len(ids))
-            for i, ident in enumerate(ids):
+            for first in range(0, len(ids), per_message):
                 if rate > 0:
                     # Pace against the schedule, not per message, so rates stay accurate.
-                    ahead = started + i / rate - time.monotonic()
+                    ahead = started + first / rate - time.monotonic()
                     if ahead > 0:
                         await asyncio.sleep(ahead)
-                value = encode(images[i % len(images)], ident, int(time.time() * 1000))
-                pending.append(await producer.send(target, value=value, key=ident.encode()))
-                if len(pending) >= 1000:
+                group = ids[first : first + per_message]
+                rows = images[np.arange(first, first + len(group)) % len(images)]
+                key, value, headers = encode_messages(rows, group, int(time.time() * 1000), fmt)
+                future = await producer.send(target, value=value, key=key, headers=headers)
+                pending.append(future)
+                if len(pending) * per_message >= 1000:
                     await asyncio.gather(*pending)
-                    progress.advance(task, len(pending))
+                    progress.advance(task, len(pending) * per_message)
                     pending.clear()
             await asyncio.gather(*pending)
-            progress.advance(task, len(pending))
+            progress.advance(task, len(pending) * per_message)
     finally:
         await producer.stop()
     return len(ids)
@@ -89,6 +135,12 @@ def run(args: argparse.Namespace) -> int:
     count = args.count if args.count is not None else len(images)
     if count < 1:
         raise PixelwatchError("--count must be at least 1")
+    if args.rate < 0:
+        raise PixelwatchError(f"--rate {args.rate:g} is negative (0 sends as fast as possible)")
+    if args.per_message < 1:
+        raise PixelwatchError("--per-message must be at least 1")
+    if args.format == "bits" and not np.isin(images.pixels, (0.0, 1.0)).all():
+        raise PixelwatchError(f"{args.path}: --format bits needs binary images (0 or 1 only)")
     prefix = args.id_prefix or f"{Path(args.path).stem}-{secrets.token_hex(3)}"
     ids = [f"{prefix}-{i}" for i in range(count)]
     started = time.monotonic()
@@ -100,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
             rate=args.rate,
             topic=args.topic,
             show_progress=sys.stderr.isatty(),
+            fmt=args.format,
+            per_message=args.per_message,
         )
     )
     elapsed = time.monotonic() - started

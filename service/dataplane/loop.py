@@ -271,9 +271,12 @@ class DataPlane:
     def _settle(self) -> None:
         """Replace refused records, then store the offsets of every fully delivered batch."""
         while self._failures:
-            failures, self._failures = self._failures, []
+            failures = self._failures[:]
+            self._failures.clear()  # flights hold this very list's append
             for failure in failures:
                 self._replace(failure)
+        if self._fatal is not None:
+            return  # store nothing more: the process stops
         safe = self._ledger.settle()
         if not safe:
             return
@@ -296,18 +299,17 @@ class DataPlane:
                 self._produce(flight, topic, record.key(), marker(value), _pairs(record))
                 flight.settle_failure()
                 return
+            # The batch stays unsettled for good: its offsets are never stored or committed.
             self._fatal = DataPlaneError(
                 f"dead-letter topic {topic} refused a record ({error.name()}: "
                 f"{clean(error.str())}); stopping without committing its batch"
             )
-            flight.settle_failure()
             return
         source = _source_of(value, flight.messages)
         if source is None:
             self._fatal = DataPlaneError(
                 f"an output to {topic} failed ({error.name()}) and its input is unknown"
             )
-            flight.settle_failure()
             return
         message, index = source
         where = (message.partition(), message.offset())
@@ -380,7 +382,8 @@ class DataPlane:
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self.status.assigned = len(self._assigned)
         self._next_lag = 0.0  # measure the new partitions' lag soon
-        log.info("assigned %s", _names(partitions))
+        if partitions:
+            log.info("assigned %s", _names(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
