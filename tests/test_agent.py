@@ -10,6 +10,7 @@ import orjson
 from service.config import Settings
 from service.controlplane.app import create_app
 from service.dataplane.pipeline import BatchResult, BatchScorer
+from service.dataplane.status import DataPathStatus
 from service.samples import SEED_TEST
 from service.scoring.images import read_images
 from service.scoring.model import load_model
@@ -73,3 +74,29 @@ async def test_agent_scores_in_batches_and_routes_outputs(
     [dead] = dlq
     assert dead["value"] == b"not json" and dead["key"] == b"bad"
     assert dict(dead["headers"])["pixelwatch.error.reason"] == b"invalid_json"
+
+
+async def test_an_exception_that_ends_the_agent_is_reported_as_a_data_path_crash(
+    seed_model_path: Path, tmp_path: Path
+) -> None:
+    settings = Settings(batch_size=4, batch_window=0.05, data_dir=tmp_path, metrics_port=0)
+    scorer = BatchScorer(load_model(seed_model_path))
+    status = DataPathStatus()
+
+    def fails(_result: BatchResult, _seconds: float) -> None:
+        raise OverflowError("cannot encode ts")
+
+    app, publisher = create_app(settings, scorer, observers=[fails], on_crash=status.crashed)
+    publisher.send = Recorder()
+    crashes: list[BaseException] = []
+
+    async def on_error(_agent: object, exc: BaseException) -> None:
+        crashes.append(exc)
+
+    async with app.agents["score"].test_context(on_error=on_error) as tester:
+        assert status.liveness().ok
+        await tester.put(value=orjson.dumps({"id": "a", "pixels": np.zeros(64).tolist()}))
+        await wait_for(lambda: bool(crashes))
+    verdict = status.liveness()
+    assert not verdict.ok
+    assert verdict.reason == "data path crashed: OverflowError('cannot encode ts')"

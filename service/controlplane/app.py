@@ -94,8 +94,13 @@ class Publisher:
 
 
 def create_app(
-    settings: Settings, scorer: BatchScorer, observers: Sequence[BatchObserver] = ()
+    settings: Settings,
+    scorer: BatchScorer,
+    observers: Sequence[BatchObserver] = (),
+    on_crash: Callable[[BaseException], None] | None = None,
 ) -> tuple[faust.App, Publisher]:
+    """The app and its publisher; `on_crash` hears of an exception that ends the agent (faust
+    then restarts it, but the worker's health probe reports the crash)."""
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
@@ -129,12 +134,17 @@ def create_app(
         # take_events is on the concrete Stream, not on faust's StreamT protocol.
         assert isinstance(stream, faust.Stream)
         batches = stream.take_events(settings.batch_size, within=settings.batch_window)
-        async for events in batches:
-            started = time.perf_counter()
-            result = scorer.process([to_record(e) for e in events])
-            await publisher.publish_whole(result)
-            elapsed = time.perf_counter() - started
-            for observe in observers:
-                observe(result, elapsed)
+        try:
+            async for events in batches:
+                started = time.perf_counter()
+                result = scorer.process([to_record(e) for e in events])
+                await publisher.publish_whole(result)
+                elapsed = time.perf_counter() - started
+                for observe in observers:
+                    observe(result, elapsed)
+        except Exception as exc:  # not CancelledError: a rebalance or a stop is no crash
+            if on_crash is not None:
+                on_crash(exc)
+            raise
 
     return app, publisher

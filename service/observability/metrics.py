@@ -9,7 +9,7 @@ app's web port, and a timer that refreshes the consumer lag.
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import Any, Final
 
 import faust
@@ -181,9 +181,16 @@ async def measure_lag(consumer: Consumer, topic: str) -> dict[TP, int]:
     return {tp: partition_lag(highwaters[tp], committed[tp], position.get(tp)) for tp in assigned}
 
 
-def instrument(app: faust.App, metrics: WorkerMetrics, topic: str, lag_interval: float) -> None:
+def instrument(
+    app: faust.App,
+    metrics: WorkerMetrics,
+    topic: str,
+    lag_interval: float,
+    on_lag: Callable[[Mapping[TP, int]], None] | None = None,
+) -> None:
     """Serve `metrics` and faust's own sensor metrics on the app's `/metrics` page, and keep
-    the consumer lag of `topic` fresh (every `lag_interval` seconds and on each rebalance)."""
+    the consumer lag of `topic` fresh (every `lag_interval` seconds and on each rebalance);
+    `on_lag` receives each fresh measurement too."""
     setup_prometheus_sensors(
         app, pattern="/metrics", registry=metrics.registry, name_prefix=FAUST_PREFIX
     )
@@ -199,7 +206,10 @@ def instrument(app: faust.App, metrics: WorkerMetrics, topic: str, lag_interval:
             log.warning("consumer lag not refreshed (next try in %ss): %r", lag_interval, exc)
             return
         # A rebalance may have revoked partitions while the offsets were being fetched.
-        metrics.set_consumer_lag({tp: lag for tp, lag in lags.items() if tp in owned})
+        owned_lags = {tp: lag for tp, lag in lags.items() if tp in owned}
+        metrics.set_consumer_lag(owned_lags)
+        if on_lag is not None:
+            on_lag(owned_lags)
 
     async def on_revoked(_sender: object, *args: Any, **_: Any) -> None:
         # mode's signals call receivers as (sender, *args, signal=..., **kwargs); faust sends
