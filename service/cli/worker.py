@@ -121,14 +121,33 @@ def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.Abstract
     from prometheus_client import REGISTRY
 
     from service.controlplane.app import create_app
+    from service.dataplane.status import DataPathStatus
     from service.observability.metrics import WorkerMetrics, instrument
+    from service.web.feed import AnomalyFeed, PageModel
+    from service.web.install import install_web
 
     # The default registry also carries the process and Python collectors.
     metrics = WorkerMetrics(REGISTRY)
     metrics.describe_model(scorer)
-    app, _ = create_app(settings, scorer, observers=[metrics.observe_batch])
+    status = DataPathStatus()
+    feed = None
+    if settings.metrics_port and settings.web_enabled:
+        feed = AnomalyFeed(
+            settings.web_anomalies, PageModel.of(scorer), window=settings.web_rate_window
+        )
+    observers = [metrics.observe_batch, status.observe_batch]
+    if feed is not None:
+        observers.append(feed.observe_batch)
+    app, _ = create_app(settings, scorer, observers=observers, on_crash=status.crashed)
     if settings.metrics_port:
-        instrument(app, metrics, settings.input_topic, settings.lag_interval)
+        instrument(
+            app,
+            metrics,
+            settings.input_topic,
+            settings.lag_interval,
+            on_lag=lambda lags: status.set_lag(sum(lags.values())),
+        )
+        install_web(app, settings, feed, status, REGISTRY)
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level, quiet=True)
     try:
         worker.execute_from_commandline()
