@@ -68,7 +68,7 @@
     text(field("threshold"), fixed(anomaly.threshold, 4));
     text(field("model"), anomaly.model.version);
     field("model").title = `sha256 ${anomaly.model.sha256}`;
-    text(field("source"), `${anomaly.source.partition} · ${anomaly.source.offset}`);
+    text(field("source"), `partition ${anomaly.source.partition} · offset ${anomaly.source.offset}`);
     field("source").title = `topic ${anomaly.source.topic}`;
     text(field("time"), time(anomaly.ts));
     text(field("detected"), anomaly.detected_at);
