@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from browser_harness import browser  # noqa: F401  # headless chromium, for the page's tests
 from model_fixtures import seed_model_path  # noqa: F401  # shared trained-model fixture
 from service.kafka.broker import LocalBroker, free_port
 
