@@ -13,7 +13,7 @@ from service.dataplane.pipeline import BatchScorer, Record
 from service.samples import SEED_TEST
 from service.scoring.images import read_images
 from service.scoring.model import load_model
-from service.web.feed import AnomalyFeed, PageModel
+from service.web.feed import REFRESH_INTERVAL, AnomalyFeed, PageModel
 from web_fixtures import MODEL, payload, score_message
 
 
@@ -135,6 +135,23 @@ async def test_a_batch_from_another_thread_wakes_a_subscriber_on_the_event_loop(
     thread.join()
     assert latest > version
     assert ids(feed.since(0)) == ["from-thread"]
+
+
+async def test_a_busy_data_path_refreshes_the_watchers_at_most_every_refresh_interval() -> None:
+    loop = asyncio.get_running_loop()
+    feed = AnomalyFeed(5, MODEL)
+    feed.bind(loop)
+    feed.subscribe()
+    start, version = loop.time(), feed.version
+    for i in range(100):
+        feed.add_batch([payload(f"a{i}", i)], scored=1, dead_letters=0)
+    first = await feed.wait(version, timeout=60.0)
+    assert first == version + 1  # a hundred batches, one refresh
+    feed.add_batch([payload("b", 100)], scored=1, dead_letters=0)
+    second = await feed.wait(first, timeout=60.0)
+    assert second == first + 1
+    assert loop.time() - start >= REFRESH_INTERVAL
+    assert ids(feed.since(0)) == ["b", "a99", "a98", "a97", "a96"]
 
 
 async def test_without_subscribers_a_batch_does_not_wake_the_loop() -> None:

@@ -2,8 +2,8 @@
 
 The data path hands over each batch with `add_batch` from whatever thread it runs in: that
 costs a lock and a few appends, never parsing. The payloads are parsed and checked on the
-event loop, and only while someone watches the page: a subscriber's arrival, or a batch
-while subscribers are connected, drains them. Payloads are untrusted (their `id` and much
+event loop, and only while someone watches the page: a subscriber's arrival drains them, and
+so do batches while subscribers are connected, at most every `REFRESH_INTERVAL` seconds. Payloads are untrusted (their `id` and much
 else come from Kafka): each is validated against `PageAnomaly`, its strings capped, and one
 that does not fit is counted and left out, never passed on as is.
 """
@@ -28,6 +28,9 @@ ELLIPSIS: Final = "…"
 INT64_MAX: Final = 2**63 - 1
 REJECT_LOG_INTERVAL: Final = 60.0
 """Seconds between two log lines about payloads the page could not show."""
+REFRESH_INTERVAL: Final = 0.25
+"""Shortest time between two refreshes for the watchers: a busy data path sends a batch every
+few milliseconds, and parsing each one's anomalies would cost the event loop for nothing."""
 
 
 def _capped(limit: int) -> Callable[[str], str]:
@@ -144,6 +147,7 @@ class AnomalyFeed:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self._version = 0
+        self._last_refresh = -REFRESH_INTERVAL
         self.rejected = 0
         self._last_reject_log = -REJECT_LOG_INTERVAL
         self.closed = False
@@ -171,7 +175,7 @@ class AnomalyFeed:
             loop = self._loop
         # A closed loop raises: the worker is stopping and nobody listens any more.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._refresh)
+            loop.call_soon_threadsafe(self._schedule_refresh)
 
     def observe_batch(self, result: BatchResult, seconds: float) -> None:
         """A `BatchObserver` for the faust agent."""
@@ -225,10 +229,12 @@ class AnomalyFeed:
         }
 
     def subscribe(self) -> None:
-        self._subscribers += 1
+        with self._lock:  # add_batch reads the count under the same lock
+            self._subscribers += 1
 
     def unsubscribe(self) -> None:
-        self._subscribers -= 1
+        with self._lock:
+            self._subscribers -= 1
 
     @property
     def subscribers(self) -> int:
@@ -246,9 +252,17 @@ class AnomalyFeed:
     def version(self) -> int:
         return self._version
 
+    def _schedule_refresh(self) -> None:
+        assert self._loop is not None
+        delay = self._last_refresh + REFRESH_INTERVAL - self._loop.time()
+        self._loop.call_later(max(0.0, delay), self._refresh)
+
     def _refresh(self) -> None:
+        # Batches that arrive until the lock is taken are part of this refresh; later ones
+        # schedule the next.
         with self._lock:
             self._wake_scheduled = False
+        self._last_refresh = self._loop.time() if self._loop else 0.0
         self._drain()
         self._notify()
 

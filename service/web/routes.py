@@ -42,8 +42,6 @@ STATIC_FILES: Final = {
 
 KEEPALIVE_SECONDS: Final = 5.0
 """Longest quiet spell on the live stream: the rates are re-sent even when nothing arrives."""
-COALESCE_SECONDS: Final = 0.25
-"""Shortest gap between two updates to one browser: a busy worker sends bursts, not a flood."""
 RETRY_MS: Final = 2000
 """How soon a browser reconnects after losing the stream."""
 
@@ -132,7 +130,6 @@ def add_page_routes(app: web.Application, feed: AnomalyFeed) -> None:
                         seq = fresh[0]["seq"]
                         await response.write(_event("anomalies", {"anomalies": fresh}))
                 await response.write(_event("stats", feed.stats()))
-                await asyncio.sleep(COALESCE_SECONDS)
         except (ConnectionResetError, ConnectionError):
             pass  # the browser went away
         finally:
