@@ -57,6 +57,8 @@ return [...document.querySelectorAll("#anomalies > li")].map((card) => {
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    assert not missing, f"{missing} missing: run `make browser` (deploy/browser-setup.sh)"
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in FLAGS:

@@ -3,9 +3,10 @@
 The data path hands over each batch with `add_batch` from whatever thread it runs in: that
 costs a lock and a few appends, never parsing. The payloads are parsed and checked on the
 event loop, and only while someone watches the page: a subscriber's arrival drains them, and
-so do batches while subscribers are connected, at most every `REFRESH_INTERVAL` seconds. Payloads are untrusted (their `id` and much
-else come from Kafka): each is validated against `PageAnomaly`, its strings capped, and one
-that does not fit is counted and left out, never passed on as is.
+so do batches while subscribers are connected, at most every `REFRESH_INTERVAL` seconds.
+Payloads are untrusted (their `id` and much else come from Kafka): each is validated against
+`PageAnomaly`, its strings capped, and one that does not fit is counted and left out, never
+passed on as is.
 """
 
 import asyncio
