@@ -15,10 +15,12 @@ from worker_harness import WorkerProcess, WorkerTopics, wait_for_topic, worker_e
 
 pytestmark = pytest.mark.kafka
 
-# faust's own views: the router (it reveals the host name), tables, statistics, the graph,
-# the assignment and the performance page, and the status index that faust puts at `/`.
+# faust's own views: the router (it reveals the host name), its topics and keys, tables,
+# the graph, the assignment and the performance page. Its status index or statistics at `/`
+# are replaced by the page, or gone with it (the page-off test).
 FAUST_PATHS = (
-    "/router/", "/table/", "/graph/", "/stats/", "/assignment/", "/performance/", "/signal/",
+    "/router/", "/router/topics", "/router/score/", "/table/", "/table/score/", "/graph/",
+    "/assignment/", "/performance/",
 )  # fmt: skip
 
 StartWorker = Callable[..., tuple[WorkerProcess, str]]

@@ -29,7 +29,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--batch-size": ("batch_size", int, "most messages per ONNX call"),
     "--batch-window": ("batch_window", float, "seconds to wait to fill a batch"),
     "--threshold": ("threshold", float, "override the model's anomaly threshold"),
-    "--metrics-port": ("metrics_port", int, "HTTP port for /metrics (0 disables)"),
+    "--metrics-port": ("metrics_port", int, "HTTP port for /metrics, probes, page (0: none)"),
     "--max-message-bytes": ("max_message_bytes", int, "larger payloads go to the DLQ"),
     "--data-dir": ("data_dir", Path, "local state directory"),
 }
