@@ -27,6 +27,9 @@ prereqs: ## check (and on Debian as root, install) Java 17+ and Maven for the lo
 prometheus: ## check (and on Debian as root, install) Prometheus and promtool for the alert tests
 	@bash deploy/prometheus-setup.sh
 
+browser: ## check (and on Debian as root, install) chromium and chromedriver for the page's browser tests
+	@bash deploy/browser-setup.sh
+
 demo: venv prereqs ## live demo: local Kafka, train the seed model, stream images, show anomalies
 	$(BIN)/pixelwatch demo
 
@@ -37,7 +40,7 @@ lint: venv ## ruff lint and format check
 typecheck: venv ## mypy (strict)
 	$(BIN)/mypy
 
-test: venv prereqs prometheus lint typecheck ## every test, lint and type check (starts its own Kafka broker)
+test: venv prereqs prometheus browser lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
 eval-digits: venv ## one-class AUROC of every architecture vs PCA / IsolationForest / kNN on scikit-learn digits (~13 min on 2 cores)
@@ -52,10 +55,15 @@ broker: venv prereqs ## run a local Kafka broker on port 9092 until Ctrl-C
 dashboard: venv ## regenerate deploy/grafana/dashboards/pixelwatch.json from deploy/grafana/dashboard.py
 	$(BIN)/python deploy/grafana/dashboard.py
 
+screenshot: venv prereqs browser ## regenerate docs/anomaly-page.png, the README's picture of the page, with its browser test
+	@mkdir -p docs
+	PIXELWATCH_SCREENSHOT=docs/anomaly-page.png $(BIN)/python -m pytest -q \
+	  tests/test_web_browser.py::test_the_page_shows_exactly_the_flagged_images_and_a_new_one_arrives_without_reload
+
 schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 	$(BIN)/python -m service.schemas deploy/schemas
 
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv prereqs prometheus demo lint typecheck test eval-digits bench broker dashboard schemas clean
+.PHONY: help venv prereqs prometheus browser screenshot demo lint typecheck test eval-digits bench broker dashboard schemas clean

@@ -89,13 +89,34 @@ class Settings(BaseSettings):
     )
 
     # Process
-    metrics_port: int = Field(6066, ge=0, le=65535, description="HTTP port for /metrics (0: off)")
-    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(
+        6066, ge=0, le=65535, description="HTTP port for /metrics, the probes and the page (0: off)"
+    )
+    # All interfaces, as containers need; for a worker run by hand, 127.0.0.1 keeps the page
+    # (which shows pixel data) and the metrics on this machine.
+    metrics_host: str = Field("0.0.0.0", description="address the HTTP port binds to")
     lag_interval: float = Field(
         5.0, gt=0.0, le=3600.0, description="seconds between consumer-lag metric refreshes"
     )
     data_dir: Path = Field(Path(".pixelwatch"), description="faust's local state directory")
     commit_interval: float = Field(1.0, gt=0.0, description="seconds between offset commits")
+    stall_timeout: float = Field(
+        30.0,
+        gt=0.0,
+        le=3600.0,
+        description="/ready fails after this many seconds without progress while messages wait",
+    )
+
+    # The anomaly page, served at / on the metrics port
+    web_enabled: bool = Field(
+        True, description="serve the anomaly page (it shows pixel data); /metrics and probes stay"
+    )
+    web_anomalies: int = Field(
+        50, ge=1, le=1000, description="anomalies the page keeps and shows, newest first"
+    )
+    web_rate_window: float = Field(
+        60.0, gt=0.0, le=86_400.0, description="seconds over which the page's rates are counted"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

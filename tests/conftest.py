@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from browser_harness import browser  # noqa: F401  # headless chromium, for the page's tests
 from model_fixtures import seed_model_path  # noqa: F401  # shared trained-model fixture
 from service.kafka.broker import LocalBroker, free_port
 from worker_harness import WorkerProcess, WorkerTopics, worker_env

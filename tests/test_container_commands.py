@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -241,6 +242,12 @@ def test_worker_scores_what_the_demo_producer_sends(
         assert score.anomaly == bool(expected.anomaly[image]), score.id
 
     assert healthcheck(compose, container).returncode == 0
+    # The worker has its partitions and kept up: ready; its page is on (compose's default).
+    base = f"http://127.0.0.1:{container.command.env['PIXELWATCH_METRICS_PORT']}"
+    with urllib.request.urlopen(f"{base}/ready", timeout=10) as ready:
+        assert orjson.loads(ready.read())["partitions"] == 4
+    with urllib.request.urlopen(f"{base}/", timeout=10) as page:
+        assert b"<title>pixelwatch" in page.read()
     assert container.stop() == 0, container.output()[-3000:]  # a clean `docker compose stop`
 
 

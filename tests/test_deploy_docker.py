@@ -190,12 +190,12 @@ def test_worker_image_defaults_and_healthcheck(dockerfile: Dockerfile) -> None:
     assert image.env["PIXELWATCH_METRICS_PORT"] == "6066"
     [expose] = dockerfile.stage("worker").find("EXPOSE")
     assert expose.value == image.env["PIXELWATCH_METRICS_PORT"]
-    # Slim images have no curl: the check is Python's urllib against /metrics on the port
+    # Slim images have no curl: the check is Python's urllib against /healthz on the port
     # the worker serves (its environment, so an override of the port is followed).
     assert image.healthcheck is not None
     program, flag, code = image.healthcheck
     assert (program, flag) == ("python", "-c")
-    assert "urllib.request.urlopen(" in code and "/metrics" in code
+    assert "urllib.request.urlopen(" in code and "+ '/healthz'" in code
     assert "os.environ.get('PIXELWATCH_METRICS_PORT', '6066')" in code
     [check] = dockerfile.stage("worker").find("HEALTHCHECK")
     assert set(check.flags) == {"interval", "timeout", "start-period", "retries"}

@@ -96,13 +96,20 @@ def test_settings_are_valid_worker_settings(resources: dict[str, Resource]) -> N
     ]
 
 
-def test_probes_and_service_point_at_the_metrics_port(resources: dict[str, Resource]) -> None:
+def test_probes_ask_healthz_for_liveness_and_ready_for_readiness_on_the_metrics_port(
+    resources: dict[str, Resource],
+) -> None:
     container = worker_container(resources)
     [port] = container["ports"]
     assert port["name"] == "metrics"
     assert port["containerPort"] == int(settings_data(resources)["PIXELWATCH_METRICS_PORT"])
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, probe
+    probes = ("startupProbe", "livenessProbe", "readinessProbe")
+    paths = {probe: container[probe]["httpGet"] for probe in probes}
+    assert paths == {
+        "startupProbe": {"path": "/healthz", "port": "metrics"},
+        "livenessProbe": {"path": "/healthz", "port": "metrics"},
+        "readinessProbe": {"path": "/ready", "port": "metrics"},
+    }
     # Start-up may wait connect_timeout for Kafka; the startup probe must outlast it.
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] > Settings().connect_timeout
@@ -122,6 +129,8 @@ def test_selectors_pick_the_worker_pods(resources: dict[str, Resource]) -> None:
     budget = resources["PodDisruptionBudget"]["spec"]
     assert labels_match(budget["selector"]["matchLabels"], pod_labels)
     assert resources["Service"]["spec"]["clusterIP"] == "None"  # one endpoint per worker
+    # Unready workers stay endpoints: a stalled worker's metrics are the ones alerts need.
+    assert resources["Service"]["spec"]["publishNotReadyAddresses"] is True
 
 
 def test_deployment_leaves_the_replica_count_to_the_autoscaler(
@@ -131,6 +140,19 @@ def test_deployment_leaves_the_replica_count_to_the_autoscaler(
     # maxUnavailable, not minAvailable: with a single replica, node drains still proceed.
     budget = resources["PodDisruptionBudget"]["spec"]
     assert budget["maxUnavailable"] == 1 and "minAvailable" not in budget
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"  # unready ones do not block
+
+
+def test_a_rollout_replaces_the_old_worker_before_starting_the_new_one(
+    resources: dict[str, Resource],
+) -> None:
+    # At the autoscaler's maximum (replicas = partitions) a surge worker would get no
+    # partition, so never pass /ready, and the rollout would wait on it for good.
+    strategy = resources["Deployment"]["spec"]["strategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
 
 
 def quantity(text: str | int) -> float:

@@ -138,6 +138,7 @@ def _worker_env(settings: Settings, model: Path, data_dir: Path) -> dict[str, st
         PIXELWATCH_PARTITIONS=str(settings.partitions),
         PIXELWATCH_MODEL=str(model),
         PIXELWATCH_METRICS_PORT=str(free_port()),
+        PIXELWATCH_METRICS_HOST="127.0.0.1",  # its page shows pixel data: this machine only
         PIXELWATCH_DATA_DIR=str(data_dir),
         PIXELWATCH_LOG_LEVEL="WARNING",
     )

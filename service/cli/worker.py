@@ -127,20 +127,30 @@ def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.Abstract
     from prometheus_client import REGISTRY
 
     from service.controlplane.app import create_app
-    from service.dataplane.loop import DataPlane
+    from service.dataplane.loop import BatchObserver, DataPlane
     from service.dataplane.service import DataPlaneService
     from service.dataplane.status import DataPathStatus
     from service.observability.metrics import WorkerMetrics, instrument
+    from service.web.feed import AnomalyFeed, PageModel
+    from service.web.install import install_web
 
     # The default registry also carries the process and Python metrics.
     metrics = WorkerMetrics(REGISTRY)
     metrics.describe_model(scorer)
     app = create_app(settings)
+    status = DataPathStatus()
+    observers: list[BatchObserver] = [metrics.observe_batch]
+    feed = None
+    if settings.metrics_port and settings.web_enabled:
+        feed = AnomalyFeed(
+            settings.web_anomalies, PageModel.of(scorer), window=settings.web_rate_window
+        )
+        observers.append(feed.observe_batch)
     plane = DataPlane(
         settings,
         scorer,
-        status=DataPathStatus(),
-        observers=[metrics.observe_batch],
+        status=status,
+        observers=observers,
         on_delivery_failure=metrics.delivery_failed,
         on_lag=metrics.set_consumer_lag,
         on_commit=metrics.set_committed,
@@ -148,6 +158,7 @@ def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.Abstract
     metrics.unconfirmed.set_function(lambda: plane.unconfirmed)
     if settings.metrics_port:
         instrument(app, metrics)
+        install_web(app, settings, feed, status, REGISTRY)
     worker = faust.Worker(
         app, DataPlaneService(plane), loop=loop, loglevel=settings.log_level, quiet=True
     )

@@ -152,7 +152,6 @@ class DataPlane:
     def run(self) -> None:
         consumer = self._consumer = Consumer(self.consumer_config())
         self._producer = Producer(self.producer_config())
-        self.status.running = True
         try:
             consumer.subscribe(
                 [self.settings.input_topic],
@@ -165,11 +164,10 @@ class DataPlane:
             self._drain("shutdown")
             self._commit(self._assigned)
         except BaseException as exc:
-            self.status.error = clean(str(exc), 500)
+            self.status.crashed(exc)
             raise
         finally:
-            self.status.running = False
-            self.status.assigned = 0
+            self.status.set_assigned(0)
             try:
                 consumer.close()  # leaves the group; commits only offsets stored above
             except KafkaException as exc:
@@ -380,7 +378,7 @@ class DataPlane:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
-        self.status.assigned = len(self._assigned)
+        self.status.set_assigned(len(self._assigned))
         self._next_lag = 0.0  # measure the new partitions' lag soon
         if partitions:
             log.info("assigned %s", _names(partitions))
@@ -405,13 +403,13 @@ class DataPlane:
         for key in keys:
             self._stored.pop(key, None)
             self._committed.pop(key, None)
-        self.status.assigned = len(self._assigned)
+        self.status.set_assigned(len(self._assigned))
 
     # ---- lag and client errors ----
 
     def _refresh_lag(self, consumer: Consumer) -> None:
         if not self._assigned:
-            self.status.lag = None
+            self.status.set_lag(None)
             if self._on_lag is not None:
                 self._on_lag({})
             return
@@ -428,7 +426,7 @@ class DataPlane:
         except KafkaException as exc:
             self._client_error(exc.args[0])
             return
-        self.status.lag = sum(lags.values())
+        self.status.set_lag(sum(lags.values()))
         if self._on_lag is not None:
             self._on_lag(lags)
 
