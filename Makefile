@@ -47,7 +47,7 @@ eval-digits: venv ## one-class AUROC of every architecture vs PCA / IsolationFor
 	$(BIN)/python -m model_export.digits --out artifacts/eval-digits
 
 bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/)
-	$(BIN)/python tests/benchmarks/bench.py
+	PYTHONPATH=tests $(BIN)/python -m benchmarks.bench
 
 broker: venv prereqs ## run a local Kafka broker on port 9092 until Ctrl-C
 	$(BIN)/pixelwatch broker

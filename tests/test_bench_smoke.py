@@ -16,18 +16,25 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
     cfg = Config(
         messages=400,
         partitions=2,
-        naive_messages=100,
+        faust_messages=100,
+        images_per_message=10,
         latency_seconds=2.0,
         model=seed_model_path,
         workdir=tmp_path,
     )
     report = await bench(kafka_bootstrap, cfg)
 
-    expected = {"limit", "parse_limit", "naive", "worker", "worker_tuned", "worker_x2"}
+    expected = {
+        "librdkafka", "aiokafka", "faust_agent",
+        "worker", "worker_tuned", "worker_x2", "worker_binary",
+    }  # fmt: skip
     assert set(report["throughput"]) == expected
     for name, row in report["throughput"].items():
         assert row["per_second"] > 0 and math.isfinite(row["per_second"]), name
-    assert report["throughput"]["naive"]["messages"] == 100
+    assert report["throughput"]["faust_agent"]["messages"] == 100
+    assert report["throughput"]["worker_binary"]["messages"] == 400  # images, 10 per message
+    for cost in ("json_us", "json_batch_us", "u8_us", "bits_us", "baseline_us"):
+        assert 0 < report["own_cost"][cost] < 1000, cost
     assert report["throughput"]["worker"]["peak_rss_mb"] > 0
     assert report["latency"]["messages"] >= 10
     assert (
@@ -39,9 +46,10 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
     for name, ratio in report["ratios"].items():
         assert ratio > 0 and math.isfinite(ratio), name
     assert set(report["targets"]) == {
-        "worker/limit >= 0.5",
-        "worker/parse_limit >= 0.8",
-        "worker/naive >= 10",
-        "p99 <= window + 25 ms",
+        "worker/librdkafka >= 0.5",
+        "worker/faust_agent >= 10",
+        "binary images/librdkafka messages >= 2",
+        "p99 <= window + 25 ms (75 ms)",
         "peak RSS <= 300 MB",
+        "own cost <= 6 us per JSON message",
     }

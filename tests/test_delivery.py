@@ -6,7 +6,7 @@ import hashlib
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import orjson
@@ -18,7 +18,14 @@ from confluent_kafka import Consumer, TopicPartition
 
 from conftest import StartWorker
 from service.schemas import HEADER_FORMAT, HEADER_ID, HEADER_MESSAGE, HEADER_REASON
-from worker_harness import WorkerTopics, consume_until, metric_value, produce, wait_for_topic
+from worker_harness import (
+    Outgoing,
+    WorkerTopics,
+    consume_until,
+    metric_value,
+    produce,
+    wait_for_topic,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -64,6 +71,14 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[i
         return [tp.offset for tp in found]
     finally:
         reader.close()
+
+
+async def stream(bootstrap: str, topic: str, messages: Sequence[Outgoing], rate: float) -> None:
+    """Produce `messages` at about `rate` a second, in chunks of a tenth of a second."""
+    chunk = max(1, int(rate / 10))
+    for start in range(0, len(messages), chunk):
+        await produce(bootstrap, topic, messages[start : start + chunk])
+        await asyncio.sleep(0.1)
 
 
 def ids(records: Records, *topics: str) -> Counter[str]:
@@ -166,15 +181,18 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_duplicates_are_count
     total = 20_000
     sent = images(total)
     sent[::101] = [(f"m{i}".encode(), b"broken") for i in range(0, total, 101)]
-    first = start_worker(PIXELWATCH_BATCH_SIZE="200", PIXELWATCH_COMMIT_INTERVAL="0.2")
-    await produce(kafka_bootstrap, topics.images, sent)
+    first = start_worker(PIXELWATCH_BATCH_SIZE="200", PIXELWATCH_COMMIT_INTERVAL="0.5")
+    assert await wait_for_topic(kafka_bootstrap, topics.images, first.alive) == 4
+    producing = asyncio.ensure_future(stream(kafka_bootstrap, topics.images, sent, 4000))
     await consume_until(
         kafka_bootstrap, [topics.scores, topics.dlq],
         lambda r: sum(ids(r, topics.scores, topics.dlq).values()) > total // 4, alive=first.alive,
     )  # fmt: skip
     first.stop(signal.SIGKILL)
+    assert not producing.done(), "the stream ended before the kill: nothing was in flight"
 
     second = start_worker(PIXELWATCH_BATCH_SIZE="200")
+    await producing
     expected = {f"m{i}" for i in range(total)}
     records = await consume_until(
         kafka_bootstrap, [topics.scores, topics.dlq],
@@ -199,21 +217,17 @@ async def test_a_graceful_rebalance_and_stop_give_no_duplicates(
     knobs = {"PIXELWATCH_BATCH_SIZE": "50", "PIXELWATCH_COMMIT_INTERVAL": "30"}
     first = start_worker(**knobs)
     assert await wait_for_topic(kafka_bootstrap, topics.images, first.alive) == 4
-    sent = images(total)
-    chunks = [sent[i : i + 1000] for i in range(0, total, 1000)]
-
-    async def stream() -> None:  # about 5,000 images a second for 8 seconds
-        for chunk in chunks:
-            await produce(kafka_bootstrap, topics.images, chunk)
-            await asyncio.sleep(0.2)
-
-    producing = asyncio.ensure_future(stream())
+    producing = asyncio.ensure_future(stream(kafka_bootstrap, topics.images, images(total), 5000))
 
     def scored(n: int) -> Callable[[Records], bool]:
         return lambda r: len(r[topics.scores]) >= n
 
     await consume_until(kafka_bootstrap, [topics.scores], scored(total // 8), alive=first.alive)
     second = start_worker(**knobs)  # the group rebalances: two partitions each
+    deadline = time.monotonic() + 60
+    while "assigned" not in second.output():
+        assert time.monotonic() < deadline and second.alive(), "the second worker got nothing"
+        await asyncio.sleep(0.1)
     await consume_until(kafka_bootstrap, [topics.scores], scored(total // 2), alive=second.alive)
     assert first.stop(signal.SIGTERM) == 0  # mid-stream: its partitions move to the second
     await producing
@@ -226,6 +240,7 @@ async def test_a_graceful_rebalance_and_stop_give_no_duplicates(
     records = await consume_until(kafka_bootstrap, [topics.scores], scored(before))
     handovers = [line for line in second.output().splitlines() if "assigned" in line]
     assert len(handovers) >= 2, "the second worker never took over the first one's partitions"
+    assert "revoked" in first.output(), "the first worker never gave a partition up"
     seen = ids(records, topics.scores)
     assert len(seen) == total
     duplicated = sorted(k for k, n in seen.items() if n > 1)

@@ -105,6 +105,7 @@ class Decoder:
 
     def decode(self, messages: list[Message]) -> Decoded:
         fast = _Fast()
+        size = self.size
         slow = Decoded(pixels=np.empty((0, self.size), dtype=np.float32))
         rows: list[NDArray[np.float32]] = []  # the slow and binary paths' rows
         for i, message in enumerate(messages):
@@ -126,10 +127,30 @@ class Decoder:
             # that may hold one leaves the fast path, and pydantic says what is wrong.
             plain = b"true" not in raw and b"false" not in raw
             doc = _loads(raw)
-            if type(doc) is dict and "images" in doc:
-                self._json_batch(i, doc, plain, fast, slow, rows)
-            elif not (plain and type(doc) is dict and fast.take(doc, i, WHOLE, self.size)):
-                self._slow(i, raw, WHOLE, slow, rows)
+            if type(doc) is dict:
+                if "images" in doc:
+                    self._json_batch(i, doc, plain, fast, slow, rows)
+                    continue
+                # The common case, inlined: `_Fast.take` for a message's only image.
+                pixels = doc.get("pixels")
+                ident = doc.get("id")
+                ts = doc.get("ts")
+                if (
+                    plain
+                    and type(pixels) is list
+                    and len(pixels) == size
+                    and doc.keys() <= _IMAGE_KEYS
+                    and (ident is None or (type(ident) is str and 0 < len(ident) <= MAX_ID_LENGTH))
+                    and (ts is None or (type(ts) is int and 0 <= ts <= INT64_MAX))
+                ):
+                    fast.rows.append(pixels)
+                    fast.message.append(i)
+                    fast.index.append(WHOLE)
+                    fast.ids.append(ident)
+                    fast.ts.append(ts)
+                    fast.values.append(None)
+                    continue
+            self._slow(i, raw, WHOLE, slow, rows)
         return self._assemble(fast, slow, rows, messages)
 
     def _assemble(

@@ -1,12 +1,13 @@
 """Which consumed offsets may be committed: only those whose every output is confirmed.
 
-Each consumed batch is a `Flight`: it counts the records produced for it (outputs and dead
-letters) that the broker has not confirmed yet. Flights settle oldest first, so per partition
-the committed offset never moves past a message whose outputs are still in the air, even
-when a younger batch happens to be confirmed sooner.
+Each consumed batch is a `Flight`, kept until a *barrier*: a moment when the producer holds
+no unconfirmed record (`flush` returned with nothing left) and every refused one has been
+replaced. All flights opened before a barrier are then safe to commit, in one go. The
+producer reports only failures (librdkafka's `delivery.report.only.error`), so a confirmed
+output costs no Python call at all; the loop passes a barrier every `commit_interval`, on a
+rebalance and on shutdown.
 """
 
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,8 +31,6 @@ class Flight:
 
     messages: Sequence[Message]
     on_failure: Callable[[Failure], None]
-    pending: int = 0
-    sealed: bool = False  # every record of the batch has been handed to the producer
     offsets: dict[TopicPartitionKey, int] = field(default_factory=dict)  # next to consume
     replaced: set[tuple[int | None, int | None]] = field(default_factory=set)  # dead-lettered
 
@@ -42,31 +41,19 @@ class Flight:
             if offset > self.offsets.get(key, -1):
                 self.offsets[key] = offset
 
-    @property
-    def done(self) -> bool:
-        return self.sealed and self.pending == 0
-
-    def produced(self) -> None:
-        self.pending += 1
-
     def delivered(self, error: KafkaError | None, record: Message) -> None:
-        """The producer's delivery callback (run by `poll`/`flush` on the loop's thread)."""
-        if error is None:
-            self.pending -= 1
-        else:
-            # Still pending: the failure handler decides what replaces it, then settles it.
+        """The producer's delivery callback (run by `poll`/`flush` on the loop's thread);
+        with error-only reports it runs for failures alone."""
+        if error is not None:
             self.on_failure(Failure(self, error, record))
-
-    def settle_failure(self) -> None:
-        self.pending -= 1
 
 
 class Ledger:
-    """Flights in consumption order; hands out the offsets that became safe to commit."""
+    """Flights since the last barrier, in consumption order."""
 
     def __init__(self) -> None:
-        self._flights: deque[Flight] = deque()
-        self.in_flight = 0  # consumed messages not yet settled
+        self._flights: list[Flight] = []
+        self.in_flight = 0  # consumed messages since the last barrier
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -78,14 +65,14 @@ class Ledger:
         return flight
 
     def settle(self) -> dict[TopicPartitionKey, int]:
-        """Pop the flights that are done, oldest first; their highest offsets per partition."""
+        """At a barrier: every flight is delivered; their highest offsets per partition."""
         safe: dict[TopicPartitionKey, int] = {}
-        while self._flights and self._flights[0].done:
-            flight = self._flights.popleft()
-            self.in_flight -= len(flight.messages)
+        for flight in self._flights:
             for key, offset in flight.offsets.items():
                 if offset > safe.get(key, -1):
                     safe[key] = offset
+        self._flights.clear()
+        self.in_flight = 0
         return safe
 
     def forget(self, partitions: set[TopicPartitionKey]) -> None:

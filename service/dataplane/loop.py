@@ -1,14 +1,14 @@
 """The image topic's consumer loop on librdkafka, run in a thread of its own.
 
     consume a batch -> decode, one ONNX call, encode -> produce every output and dead letter
-    -> (later, when the broker has confirmed all of them) store the batch's offsets
+    -> ... every `commit_interval`: a barrier (flush: every record confirmed or replaced)
+    -> commit the offsets of every batch before it
 
-librdkafka commits stored offsets in the background every `commit_interval`, on revoke (we
-commit explicitly there, after draining) and on close. So a committed offset always has its
-outputs in Kafka: at-least-once delivery. Everything runs on this one thread: the consumer's
-rebalance callbacks fire inside `consume`, the producer's delivery callbacks inside `poll` and
-`flush`, so the ledger needs no lock. The loop never waits for deliveries between batches;
-it stops consuming only when `max_in_flight` messages await confirmation.
+So a committed offset always has its outputs in Kafka: at-least-once delivery. Everything
+runs on this one thread: the consumer's rebalance callbacks fire inside `consume`, the
+producer's (failure-only) delivery callbacks inside `poll` and `flush`, so the ledger needs
+no lock. Between barriers the loop never waits for deliveries; it passes a barrier early when
+`max_in_flight` messages are unconfirmed, and always before giving up a partition.
 
 An output the broker refuses (too large, topic gone, not authorised), once librdkafka's own
 retries end after `delivery_timeout`, is replaced by a dead letter of its input with reason
@@ -88,10 +88,12 @@ class DataPlane:
         self._ledger = Ledger()
         self._failures: list[Failure] = []
         self._assigned: set[TopicPartitionKey] = set()
-        self._stored: dict[TopicPartitionKey, int] = {}
+        self._stored: dict[TopicPartitionKey, int] = {}  # safe to commit (after a barrier)
+        self._requested: dict[TopicPartitionKey, int] = {}  # sent in a commit request
         self._fatal: BaseException | None = None
         self._throttle = Throttle(1.0)
         self._next_lag = 0.0
+        self._next_commit = 0.0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
 
@@ -118,13 +120,14 @@ class DataPlane:
             "group.id": s.group_id,
             "client.id": f"pixelwatch-{socket.gethostname()}",
             "auto.offset.reset": s.auto_offset_reset,
-            # Offsets are stored by us once a batch is delivered; librdkafka commits them.
-            "enable.auto.commit": True,
+            # We commit, after each barrier; librdkafka never commits on its own.
+            "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.commit.interval.ms": int(s.commit_interval * 1000),
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": int(s.session_timeout * 1000),
-            "heartbeat.interval.ms": max(100, int(s.session_timeout * 1000 / 3)),
+            # Heartbeats also carry news of a rebalance: often, so a joining worker gets its
+            # partitions within about a second.
+            "heartbeat.interval.ms": max(100, min(1000, int(s.session_timeout * 1000 / 3))),
             # The prefetch queue: enough for several batches, without 64 MB per worker.
             "queued.max.messages.kbytes": 16_384,
             "allow.auto.create.topics": False,
@@ -142,6 +145,9 @@ class DataPlane:
             "acks": "all",
             "linger.ms": 5,
             "message.timeout.ms": int(s.delivery_timeout * 1000),
+            # A Python callback per confirmed record would cost more than encoding it: only
+            # failures are reported, and barriers (flush) confirm the rest.
+            "delivery.report.only.error": True,
             "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
             "error_cb": self._client_error,
             "logger": logging.getLogger("pixelwatch.librdkafka"),
@@ -161,7 +167,7 @@ class DataPlane:
             )
             while not self._stopping.is_set():
                 self._step(consumer)
-            self._drain("shutdown")
+            self._barrier("shutdown")
             self._commit(self._assigned)
         except BaseException as exc:
             self.status.crashed(exc)
@@ -169,7 +175,7 @@ class DataPlane:
         finally:
             self.status.set_assigned(0)
             try:
-                consumer.close()  # leaves the group; commits only offsets stored above
+                consumer.close()  # leaves the group (auto-commit is off: commits nothing)
             except KafkaException as exc:
                 log.warning("closing the consumer: %s", exc)
 
@@ -190,11 +196,14 @@ class DataPlane:
         producer = self._producer
         assert producer is not None
         producer.poll(0)
-        self._settle()
-        while self._ledger.in_flight > s.max_in_flight:
-            producer.poll(0.05)
-            self._settle()
+        self._replace_failures()
         now = time.monotonic()
+        if len(self._ledger) and (
+            now >= self._next_commit or self._ledger.in_flight > s.max_in_flight
+        ):
+            self._barrier("commit")
+            self._commit(self._assigned, asynchronous=True)
+            self._next_commit = time.monotonic() + s.commit_interval
         if now >= self._next_lag:
             self._next_lag = now + s.lag_interval
             self._refresh_lag(consumer)
@@ -212,7 +221,6 @@ class DataPlane:
             self._produce(flight, s.anomalies_topic, key, value, headers)
         if result.dead:
             self._dead_letters(flight, result.dead, result.detected_at)
-        flight.sealed = True
         elapsed = time.perf_counter() - started
         self.status.progressed()
         for observe in self.observers:
@@ -235,7 +243,6 @@ class DataPlane:
                 # The producer's queue is full: serve deliveries until there is room.
                 producer.poll(0.1)
                 continue
-            flight.produced()
             return
 
     def _dead_letters(self, flight: Flight, dead: list[DeadLetter], failed_at: str) -> None:
@@ -266,25 +273,36 @@ class DataPlane:
 
     # ---- confirmations ----
 
-    def _settle(self) -> None:
-        """Replace refused records, then store the offsets of every fully delivered batch."""
+    def _replace_failures(self) -> None:
+        """Replace every refused record reported so far (which may be refused in turn)."""
         while self._failures:
             failures = self._failures[:]
             self._failures.clear()  # flights hold this very list's append
             for failure in failures:
                 self._replace(failure)
-        if self._fatal is not None:
-            return  # store nothing more: the process stops
+
+    def _barrier(self, why: str) -> None:
+        """Wait until no produced record is unconfirmed, then mark every batch so far safe.
+
+        Refused records are replaced (which produces more) until a flush finds nothing left
+        and nothing refused. A fatal refusal raises: nothing more is marked safe.
+        """
+        producer = self._producer
+        assert producer is not None
+        deadline = time.monotonic() + self.settings.delivery_timeout + 30.0
+        while True:
+            left = producer.flush(0.5)
+            self._replace_failures()
+            self._raise_fatal()
+            if left == 0 and len(producer) == 0:
+                break
+            if time.monotonic() > deadline:
+                raise DataPlaneError(
+                    f"{why}: {self._ledger.in_flight} messages' outputs still unconfirmed "
+                    f"after {self.settings.delivery_timeout + 30:.0f}s; not committing them"
+                )
         safe = self._ledger.settle()
-        if not safe:
-            return
-        owned = {key: offset for key, offset in safe.items() if key in self._assigned}
-        if owned:
-            assert self._consumer is not None
-            self._consumer.store_offsets(
-                offsets=[TopicPartition(t, p, offset) for (t, p), offset in owned.items()]
-            )
-            self._stored.update(owned)
+        self._stored.update({k: o for k, o in safe.items() if k in self._assigned})
 
     def _replace(self, failure: Failure) -> None:
         record, error, flight = failure.record, failure.error, failure.flight
@@ -295,7 +313,6 @@ class DataPlane:
             if error.code() in _SIZE_ERRORS and value is not None and not _is_marker(value):
                 # Too large for the DLQ topic: keep the headers, replace the value.
                 self._produce(flight, topic, record.key(), marker(value), _pairs(record))
-                flight.settle_failure()
                 return
             # The batch stays unsettled for good: its offsets are never stored or committed.
             self._fatal = DataPlaneError(
@@ -313,7 +330,6 @@ class DataPlane:
         where = (message.partition(), message.offset())
         if where in flight.replaced:  # its other output failed too: one dead letter is enough
             self._delivery_failed(topic, error, False)
-            flight.settle_failure()
             return
         flight.replaced.add(where)
         self._delivery_failed(topic, error, True)
@@ -330,42 +346,29 @@ class DataPlane:
         letter = DeadLetter(message, WHOLE, Reason.DELIVERY, text)
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         self._produce_dead(flight, letter, letter.headers(now), letter.payload())
-        flight.settle_failure()
 
     def _delivery_failed(self, topic: str, error: KafkaError, dead_lettered: bool) -> None:
         if self._on_delivery_failure is not None:
             self._on_delivery_failure(topic, error.name(), dead_lettered)
 
-    def _drain(self, why: str) -> None:
-        """Wait until every produced record is confirmed (or replaced, or fatal)."""
-        producer = self._producer
-        assert producer is not None
-        deadline = time.monotonic() + self.settings.delivery_timeout + 30.0
-        while True:
-            self._settle()
-            self._raise_fatal()
-            if not len(self._ledger):
-                return
-            if time.monotonic() > deadline:
-                raise DataPlaneError(
-                    f"{why}: {self._ledger.in_flight} messages' outputs still unconfirmed "
-                    f"after {self.settings.delivery_timeout + 30:.0f}s; not committing them"
-                )
-            producer.flush(0.5)
-
-    def _commit(self, partitions: set[TopicPartitionKey]) -> None:
+    def _commit(self, partitions: set[TopicPartitionKey], asynchronous: bool = False) -> None:
+        """Commit what the last barrier made safe (asynchronously: the result reaches the
+        commit callback during a later `consume`)."""
         offsets = [
             TopicPartition(t, p, self._stored[(t, p)])
             for t, p in partitions
-            if (t, p) in self._stored
+            if (t, p) in self._stored and self._stored[(t, p)] != self._requested.get((t, p))
         ]
         if not offsets:
             return
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
         try:
-            done = self._consumer.commit(offsets=offsets, asynchronous=False)
-            if done:
-                self._committed_offsets(None, list(done))
+            if asynchronous:
+                consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._committed_offsets(None, consumer.commit(offsets=offsets, asynchronous=False))
+            self._requested.update({(tp.topic, tp.partition): tp.offset for tp in offsets})
         except KafkaException as exc:
             # Nothing is lost: the next owner re-reads from the last commit (duplicates).
             log.warning("committing %d partitions failed: %s", len(offsets), exc.args[0].str())
@@ -387,7 +390,7 @@ class DataPlane:
         keys = {(tp.topic, tp.partition) for tp in partitions}
         # Deliver what is in flight and commit before another worker takes over: a graceful
         # rebalance re-scores nothing.
-        self._drain("rebalance")
+        self._barrier("rebalance")
         self._commit(keys & self._assigned)
         self._forget(keys)
         log.info("revoked %s", _names(partitions))
@@ -402,6 +405,7 @@ class DataPlane:
         self._assigned -= keys
         for key in keys:
             self._stored.pop(key, None)
+            self._requested.pop(key, None)
             self._committed.pop(key, None)
         self.status.set_assigned(len(self._assigned))
 

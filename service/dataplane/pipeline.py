@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import orjson
@@ -18,6 +18,7 @@ from confluent_kafka import Message
 from numpy.typing import NDArray
 
 from service.dataplane.decode import WHOLE, Decoded, Decoder, Reject, out_of_range, value_problem
+from service.dataplane.encode import RecordEncoder
 from service.schemas import (
     HEADER_FAILED_AT,
     HEADER_INDEX,
@@ -127,8 +128,11 @@ class BatchScorer:
         self.anomalies_format = anomalies_format
         self.decoder = Decoder(model.shape, max_message_bytes)
         # The parts of every output that only change with the model are serialised once.
-        self._model_ref = orjson.Fragment(
-            orjson.dumps({"version": model.version, "sha256": model.sha256})
+        self._encoder = RecordEncoder(
+            orjson.dumps({"version": model.version, "sha256": model.sha256}),
+            self.metric,
+            self.threshold,
+            METRICS,
         )
         self.headers: list[Header] = [
             (HEADER_MODEL_VERSION, model.version.encode()),
@@ -210,75 +214,60 @@ class BatchScorer:
         scored = self.model.score(decoded.pixels, metric=self.metric, threshold=self.threshold)
         similarity = scored.similarity
         anomaly = scored.anomaly.tolist()
-        columns = [scored.scores[m].tolist() for m in METRICS]
-        scores = [dict(zip(METRICS, values, strict=True)) for values in zip(*columns, strict=True)]
-        sims = similarity.tolist()
+        numbers = self._encoder.numbers(
+            np.column_stack([similarity, *(scored.scores[m] for m in METRICS)])
+        )
+        scores_format, anomalies_format = self.scores_format, self.anomalies_format
+        encoder = self._encoder
+        detected_at = orjson.dumps(result.detected_at)
         ts_ms: list[int] = []
-        compact = self.scores_format == "compact"
-        full_scores = self.scores_format == "full"
-        full_anomalies = self.anomalies_format == "full"
+        # Per message, not per image: a batched message shares its coordinates.
+        where: dict[int, tuple[str, bytes, int]] = {}
         for row, position in enumerate(decoded.message):
-            message = messages[position]
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            known = where.get(position)
+            if known is None:
+                message = messages[position]
+                topic = str(message.topic())
+                partition, offset = int(message.partition() or 0), int(message.offset() or 0)
+                prefix = b'{"topic":%s,"partition":%d,"offset":%d' % (
+                    orjson.dumps(topic),
+                    partition,
+                    offset,
+                )
+                known = where[position] = (
+                    f"{topic}:{partition}:{offset}",
+                    prefix,
+                    message.timestamp()[1],
+                )
+            default_id, prefix, kafka_ts = known
             index = decoded.index[row]
             ident = decoded.ids[row]
             if ident is None:
-                ident = f"{topic}:{partition}:{offset}"
-                if index != WHOLE:
-                    ident = f"{ident}:{index}"
+                ident = default_id if index == WHOLE else f"{default_id}:{index}"
             ts = decoded.ts[row]
             if ts is None:
-                ts = message.timestamp()[1]
+                ts = kafka_ts
             ts_ms.append(ts)
-            source: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
-            if index != WHOLE:
-                source["index"] = index
-            flagged = anomaly[row]
+            source = prefix + (b"}" if index == WHOLE else b',"index":%d}' % index)
             key = ident.encode()
-            body = {
-                "id": ident,
-                "anomaly": flagged,
-                "similarity": sims[row],
-                "scores": scores[row],
-                "model": self._model_ref,
-                "source": source,
-                "ts": ts,
-            }
-            short = orjson.dumps(body) if compact or (flagged and not full_anomalies) else None
-            full = None
-            if full_scores or (flagged and full_anomalies):
-                full = self._full(body, decoded.pixels[row], scored.reconstruction[row], result)
-            if self.scores_format is not None:
-                value = full if full_scores else short
-                assert value is not None
+            ident_json = orjson.dumps(ident)
+            flagged = anomaly[row]
+            if flagged or scores_format == "full":
+                full = encoder.full(
+                    ident_json, flagged, numbers[row], decoded.pixels[row],
+                    scored.reconstruction[row], source, ts, detected_at,
+                )  # fmt: skip
+            if scores_format is not None:
+                if scores_format == "compact":
+                    value = encoder.compact(ident_json, flagged, numbers[row], source, ts)
+                else:
+                    value = full
                 result.scores.append((key, value))
             if flagged:
-                value = full if full_anomalies else short
-                assert value is not None
+                if anomalies_format == "full":
+                    value = full
+                else:
+                    value = encoder.compact(ident_json, flagged, numbers[row], source, ts)
                 result.anomalies.append((key, value))
         result.similarity = similarity
         result.ts_ms = np.asarray(ts_ms, dtype=np.int64)
-
-    def _full(
-        self,
-        body: dict[str, Any],
-        pixels: NDArray[np.float32],
-        reconstruction: NDArray[np.float32],
-        result: BatchResult,
-    ) -> bytes:
-        """The record with pixels and reconstruction, fields in the schema's order."""
-        full = {
-            "id": body["id"],
-            "anomaly": body["anomaly"],
-            "similarity": body["similarity"],
-            "metric": self.metric,
-            "threshold": self.threshold,
-            "scores": body["scores"],
-            "model": self._model_ref,
-            "pixels": pixels,
-            "reconstruction": reconstruction,
-            "source": body["source"],
-            "ts": body["ts"],
-            "detected_at": result.detected_at,
-        }
-        return orjson.dumps(full, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,46 +1,53 @@
-"""Baselines the worker is measured against, each run as its own process by bench.py.
+"""What the worker is measured against, each run as its own process by bench.py.
 
-- limit:  a minimal aiokafka passthrough (batched getmany, one output per input, sends not
-          awaited one by one, periodic commit after the outputs are acknowledged).
-- parse:  the same plus JSON decode of the input and encode of an output of the real size.
-- naive:  the course's style in faust: one event at a time, a torch module per sample,
-          every send awaited.
+- librdkafka:  the Kafka client's own limit, as the worker uses it: confluent-kafka
+               `consume(1000)`, one `produce` per input, `poll`, asynchronous commit.
+- aiokafka:    the same passthrough on aiokafka (faust's client): batched `getmany`, sends
+               not awaited one by one, a commit per second after the sends are acknowledged.
+- faust_agent: the worker as it was before its data path left faust: a faust agent taking
+               batches of events (`take_events`), the same BatchScorer, outputs through
+               faust's producer, faust's acks and commits. Kept here, not in service/.
 """
 
 import argparse
 import asyncio
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, Producer
 
 COMMIT_SECONDS = 1.0
 
 
-def fake_output(message: dict[str, Any], partition: int, offset: int) -> bytes:
-    """An output shaped like the worker's ScoreMessage, with the input's pixels."""
-    pixels = message["pixels"]
-    return orjson.dumps(
+def librdkafka(args: argparse.Namespace) -> None:
+    consumer = Consumer(
         {
-            "id": message.get("id") or f"in:{partition}:{offset}",
-            "anomaly": False,
-            "similarity": 0.984375,
-            "metric": "hamming",
-            "threshold": 0.6,
-            "scores": {"hamming": 0.984375, "ruzicka": 0.95, "dice": 0.97, "cosine": 0.97},
-            "model": {"version": "20261126T000000Z", "sha256": "0" * 64},
-            "pixels": pixels,
-            "reconstruction": pixels,
-            "source": {"topic": "in", "partition": partition, "offset": offset},
-            "ts": message.get("ts") or 0,
-            "detected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "bootstrap.servers": args.bootstrap,
+            "group.id": args.group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
         }
     )
+    producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5})
+    consumer.subscribe([args.input])
+    while True:
+        messages = consumer.consume(1000, 0.1)
+        for message in messages:
+            if message.error() is not None:
+                continue
+            while True:
+                try:
+                    producer.produce(args.output, message.value(), message.key())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+        if messages:
+            consumer.commit(asynchronous=True)
 
 
-async def passthrough(args: argparse.Namespace, parse: bool) -> None:
+async def aiokafka(args: argparse.Namespace) -> None:
     consumer = AIOKafkaConsumer(
         args.input,
         bootstrap_servers=args.bootstrap,
@@ -59,10 +66,7 @@ async def passthrough(args: argparse.Namespace, parse: bool) -> None:
             batches = await consumer.getmany(timeout_ms=100, max_records=2000)
             for records in batches.values():
                 for r in records:
-                    value = r.value
-                    if parse:
-                        value = fake_output(orjson.loads(value), r.partition, r.offset)
-                    pending.append(await producer.send(args.output, value=value, key=r.key))
+                    pending.append(await producer.send(args.output, value=r.value, key=r.key))
             if time.monotonic() - last_commit > COMMIT_SECONDS and pending:
                 # at-least-once: outputs acknowledged before their offsets are committed
                 await asyncio.gather(*pending)
@@ -74,56 +78,73 @@ async def passthrough(args: argparse.Namespace, parse: bool) -> None:
         await consumer.stop()
 
 
-def naive(args: argparse.Namespace) -> None:
-    """The course's per-sample loop inside a faust agent (imports torch: benchmark only)."""
+def faust_agent(args: argparse.Namespace) -> None:
+    """The previous worker design: scoring inside a faust agent (model from PIXELWATCH_MODEL)."""
     import faust
-    import torch
 
-    from model_export.architectures import build_autoencoder
-    from service.scoring.images import ImageShape
+    from service.config import Settings
+    from service.dataplane.pipeline import BatchScorer
+    from service.scoring.model import load_model
 
-    torch.set_num_threads(1)
-    model = build_autoencoder("dense", ImageShape(8, 8), {}).eval()
+    settings = Settings(input_topic=args.input, scores_topic=args.output, group_id=args.group)
+    model = load_model(settings.model)
+    scorer = BatchScorer(model)
     app = faust.App(
         args.group,
         broker=f"kafka://{args.bootstrap}",
-        value_serializer="raw",
-        topic_disable_leader=True,
-        web_enabled=False,
+        broker_commit_interval=settings.commit_interval,
         consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+        store="memory://",
         datadir=args.datadir,
+        web_enabled=False,
+        stream_buffer_maxsize=max(4096, 2 * settings.batch_size),
     )
-    source = app.topic(args.input, value_type=bytes, value_serializer="raw")
-    sink = app.topic(args.output, value_type=bytes, value_serializer="raw")
+    images = app.topic(
+        args.input, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
 
-    @app.agent(source)
+    def message(event: Any) -> Message:
+        m = event.message
+        return Message(
+            topic=m.topic,
+            partition=m.partition,
+            offset=m.offset,
+            key=m.key,
+            value=m.value,
+            timestamp=(TIMESTAMP_CREATE_TIME, int(m.timestamp * 1000)),
+        )
+
+    @app.agent(images, name="score")
     async def score(stream: Any) -> None:
-        async for event in stream.events():
-            message = orjson.loads(event.value)
-            pixels = torch.tensor(message["pixels"], dtype=torch.float32)
-            with torch.no_grad():
-                output = (model(pixels) >= 0.5).float()
-            similarity = 1.0 - float((pixels - output).abs().mean())
-            value = fake_output(message, event.message.partition, event.message.offset)
-            await sink.send(value=value, key=event.key)
-            del similarity
+        batches = stream.take_events(settings.batch_size, within=settings.batch_window)
+        async for events in batches:
+            result = scorer.process([message(e) for e in events])
+            send = app.producer.send
+            # Enqueued without awaiting each delivery; faust flushes before it commits.
+            for key, value in result.scores:
+                await send(args.output, key, value, None, None, None)
+            for key, value in result.anomalies:
+                await send(f"{args.output}-anomalies", key, value, None, None, None)
 
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("name", choices=["limit", "parse", "naive"])
+    parser.add_argument("name", choices=["librdkafka", "aiokafka", "faust_agent"])
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--group", required=True)
-    parser.add_argument("--datadir", default="/tmp/pixelwatch-bench-naive")
+    parser.add_argument("--datadir", default="/tmp/pixelwatch-bench-faust")
     args = parser.parse_args()
-    if args.name == "naive":
-        naive(args)
+    if args.name == "librdkafka":
+        librdkafka(args)
+    elif args.name == "aiokafka":
+        asyncio.run(aiokafka(args))
     else:
-        asyncio.run(passthrough(args, parse=args.name == "parse"))
+        faust_agent(args)
 
 
 if __name__ == "__main__":
