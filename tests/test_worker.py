@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from service.schemas import HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC, Score
 from service.scoring.images import read_images
 from service.scoring.model import load_model
 from worker_harness import (
+    WorkerProcess,
     WorkerTopics,
     consume_until,
     produce,
@@ -200,3 +202,27 @@ def test_worker_refuses_a_data_dir_it_cannot_create_with_one_line(
         f"error: data dir {blocker / 'state'}: cannot create it (Not a directory); "
         "set PIXELWATCH_DATA_DIR"
     )
+
+
+def test_a_stop_during_start_up_ends_the_worker_at_once_without_a_traceback(
+    seed_model_path: Path, tmp_path: Path
+) -> None:
+    from service.kafka.broker import free_port
+
+    port = free_port()  # nothing listens: start-up keeps retrying
+    env = {
+        "PIXELWATCH_BOOTSTRAP": f"127.0.0.1:{port}",
+        "PIXELWATCH_MODEL": str(seed_model_path),
+        "PIXELWATCH_CONNECT_TIMEOUT": "120",
+        "PIXELWATCH_DATA_DIR": str(tmp_path / "state"),
+        "PATH": "/usr/bin:/bin",
+    }
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    deadline = time.monotonic() + 60
+    while "not reachable (attempt 1)" not in worker.output():
+        assert time.monotonic() < deadline and worker.alive(), worker.output()
+        time.sleep(0.1)
+    started = time.monotonic()
+    assert worker.stop(signal.SIGTERM, timeout=10) == 0
+    assert time.monotonic() - started < 5
+    assert "Traceback" not in worker.output()

@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import logging
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,27 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise PixelwatchError(f"invalid setting {where}{first['msg']}") from None
 
 
+class StopRequested(Exception):
+    """SIGTERM or SIGINT before the worker consumed anything: nothing to finish."""
+
+
+def _stop_during_start_up(signum: int, frame: object) -> None:
+    raise StopRequested
+
+
 def run(args: argparse.Namespace) -> int:
+    # Until faust installs its handlers (which finish the batch, commit and leave the group),
+    # a stop request simply ends start-up: nothing has been consumed yet.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_during_start_up)
+    try:
+        return _run(args)
+    except StopRequested:
+        log.info("stopped during start-up")
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     model = load_model(settings.model, threads=settings.onnx_threads)
     scorer = scorer_for(settings, model)

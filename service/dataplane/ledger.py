@@ -8,7 +8,7 @@ output costs no Python call at all; the loop passes a barrier every `commit_inte
 rebalance and on shutdown.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
@@ -20,7 +20,6 @@ TopicPartitionKey = tuple[str, int]
 class Failure:
     """A produced record the broker refused, or that timed out."""
 
-    flight: "Flight"
     error: KafkaError
     record: Message  # as produced: topic, key, value, headers
 
@@ -30,9 +29,7 @@ class Flight:
     """One consumed batch on its way out."""
 
     messages: Sequence[Message]
-    on_failure: Callable[[Failure], None]
     offsets: dict[TopicPartitionKey, int] = field(default_factory=dict)  # next to consume
-    replaced: set[tuple[int | None, int | None]] = field(default_factory=set)  # dead-lettered
 
     def __post_init__(self) -> None:
         for message in self.messages:
@@ -41,12 +38,6 @@ class Flight:
             if offset > self.offsets.get(key, -1):
                 self.offsets[key] = offset
 
-    def delivered(self, error: KafkaError | None, record: Message) -> None:
-        """The producer's delivery callback (run by `poll`/`flush` on the loop's thread);
-        with error-only reports it runs for failures alone."""
-        if error is not None:
-            self.on_failure(Failure(self, error, record))
-
 
 class Ledger:
     """Flights since the last barrier, in consumption order."""
@@ -54,12 +45,14 @@ class Ledger:
     def __init__(self) -> None:
         self._flights: list[Flight] = []
         self.in_flight = 0  # consumed messages since the last barrier
+        # (partition, offset) of inputs dead-lettered for a refused output since the barrier
+        self.replaced: set[tuple[int | None, int | None]] = set()
 
     def __len__(self) -> int:
         return len(self._flights)
 
-    def open(self, messages: Sequence[Message], on_failure: Callable[[Failure], None]) -> Flight:
-        flight = Flight(messages, on_failure)
+    def open(self, messages: Sequence[Message]) -> Flight:
+        flight = Flight(messages)
         self._flights.append(flight)
         self.in_flight += len(messages)
         return flight
@@ -72,8 +65,14 @@ class Ledger:
                 if offset > safe.get(key, -1):
                     safe[key] = offset
         self._flights.clear()
+        self.replaced.clear()
         self.in_flight = 0
         return safe
+
+    def messages(self) -> Iterator[Message]:
+        """Every message consumed since the barrier (to find the input of a refused output)."""
+        for flight in self._flights:
+            yield from flight.messages
 
     def forget(self, partitions: set[TopicPartitionKey]) -> None:
         """Partitions lost without a revoke: their offsets belong to another worker now."""

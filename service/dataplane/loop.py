@@ -21,7 +21,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ from confluent_kafka import (
 
 from service.config import Settings
 from service.dataplane.decode import WHOLE
-from service.dataplane.ledger import Failure, Flight, Ledger, TopicPartitionKey
+from service.dataplane.ledger import Failure, Ledger, TopicPartitionKey
 from service.dataplane.pipeline import BatchResult, BatchScorer, DeadLetter, Header, Reason
 from service.dataplane.status import DataPathStatus
 from service.errors import PixelwatchError
@@ -148,6 +148,7 @@ class DataPlane:
             # A Python callback per confirmed record would cost more than encoding it: only
             # failures are reported, and barriers (flush) confirm the rest.
             "delivery.report.only.error": True,
+            "on_delivery": self._delivered,
             "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
             "error_cb": self._client_error,
             "logger": logging.getLogger("pixelwatch.librdkafka"),
@@ -211,16 +212,16 @@ class DataPlane:
     def _handle(self, messages: list[Message]) -> None:
         started = time.perf_counter()
         result = self.scorer.process(messages)
-        flight = self._ledger.open(messages, self._failures.append)
+        self._ledger.open(messages)
         s = self.settings
         headers = result.headers
         if s.scores_enabled:
             for key, value in result.scores:
-                self._produce(flight, s.scores_topic, key, value, headers)
+                self._produce(s.scores_topic, key, value, headers)
         for key, value in result.anomalies:
-            self._produce(flight, s.anomalies_topic, key, value, headers)
+            self._produce(s.anomalies_topic, key, value, headers)
         if result.dead:
-            self._dead_letters(flight, result.dead, result.detected_at)
+            self._dead_letters(result.dead, result.detected_at)
         elapsed = time.perf_counter() - started
         self.status.progressed()
         for observe in self.observers:
@@ -228,7 +229,6 @@ class DataPlane:
 
     def _produce(
         self,
-        flight: Flight,
         topic: str,
         key: bytes | None,
         value: bytes | None,
@@ -238,46 +238,49 @@ class DataPlane:
         assert producer is not None
         while True:
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=flight.delivered)
+                producer.produce(topic, value, key, headers=headers)
             except BufferError:
                 # The producer's queue is full: serve deliveries until there is room.
                 producer.poll(0.1)
                 continue
             return
 
-    def _dead_letters(self, flight: Flight, dead: list[DeadLetter], failed_at: str) -> None:
+    def _dead_letters(self, dead: list[DeadLetter], failed_at: str) -> None:
         for n, letter in enumerate(dead):
             if n < _LOGGED_DEAD_LETTERS:
                 log.warning("%s -> DLQ (%s): %s", letter.where, letter.reason.value, letter.text)
-            self._produce_dead(flight, letter, letter.headers(failed_at), letter.payload())
+            self._produce_dead(letter, letter.headers(failed_at), letter.payload())
         if len(dead) > _LOGGED_DEAD_LETTERS:
             more = len(dead) - _LOGGED_DEAD_LETTERS
             log.warning("... and %d more dead letters in this batch (see the DLQ)", more)
 
     def _produce_dead(
         self,
-        flight: Flight,
         letter: DeadLetter,
         headers: list[Header],
         value: bytes | None,
     ) -> None:
         try:
-            self._produce(flight, self.settings.dlq_topic, letter.message.key(), value, headers)
+            self._produce(self.settings.dlq_topic, letter.message.key(), value, headers)
         except KafkaException as exc:
             # librdkafka refuses a record over its size limit before sending it.
             if exc.args[0].code() not in _SIZE_ERRORS or value is None:
                 raise
-            self._produce(
-                flight, self.settings.dlq_topic, letter.message.key(), marker(value), headers
-            )
+            self._produce(self.settings.dlq_topic, letter.message.key(), marker(value), headers)
 
     # ---- confirmations ----
+
+    def _delivered(self, error: KafkaError | None, record: Message) -> None:
+        """The producer's delivery callback, for failures only (inside poll/flush, on this
+        thread). One callback for all records: a callable per record costs too much."""
+        if error is not None:
+            self._failures.append(Failure(error, record))
 
     def _replace_failures(self) -> None:
         """Replace every refused record reported so far (which may be refused in turn)."""
         while self._failures:
             failures = self._failures[:]
-            self._failures.clear()  # flights hold this very list's append
+            self._failures.clear()
             for failure in failures:
                 self._replace(failure)
 
@@ -305,14 +308,14 @@ class DataPlane:
         self._stored.update({k: o for k, o in safe.items() if k in self._assigned})
 
     def _replace(self, failure: Failure) -> None:
-        record, error, flight = failure.record, failure.error, failure.flight
+        record, error = failure.record, failure.error
         topic = str(record.topic())
         value = record.value()
         if topic == self.settings.dlq_topic:
             self._delivery_failed(topic, error, False)
             if error.code() in _SIZE_ERRORS and value is not None and not _is_marker(value):
                 # Too large for the DLQ topic: keep the headers, replace the value.
-                self._produce(flight, topic, record.key(), marker(value), _pairs(record))
+                self._produce(topic, record.key(), marker(value), _pairs(record))
                 return
             # The batch stays unsettled for good: its offsets are never stored or committed.
             self._fatal = DataPlaneError(
@@ -320,7 +323,7 @@ class DataPlane:
                 f"{clean(error.str())}); stopping without committing its batch"
             )
             return
-        source = _source_of(value, flight.messages)
+        source = _source_of(value, self._ledger.messages())
         if source is None:
             self._fatal = DataPlaneError(
                 f"an output to {topic} failed ({error.name()}) and its input is unknown"
@@ -328,10 +331,10 @@ class DataPlane:
             return
         message, index = source
         where = (message.partition(), message.offset())
-        if where in flight.replaced:  # its other output failed too: one dead letter is enough
+        if where in self._ledger.replaced:  # its other output failed too: one dead letter will do
             self._delivery_failed(topic, error, False)
             return
-        flight.replaced.add(where)
+        self._ledger.replaced.add(where)
         self._delivery_failed(topic, error, True)
         image = "" if index == WHOLE else f" (image {index})"
         text = clean(f"output{image} to {topic} refused: {error.name()}: {error.str()}", 300)
@@ -345,7 +348,7 @@ class DataPlane:
         # The whole input goes to the DLQ, so a replay answers every image of it again.
         letter = DeadLetter(message, WHOLE, Reason.DELIVERY, text)
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        self._produce_dead(flight, letter, letter.headers(now), letter.payload())
+        self._produce_dead(letter, letter.headers(now), letter.payload())
 
     def _delivery_failed(self, topic: str, error: KafkaError, dead_lettered: bool) -> None:
         if self._on_delivery_failure is not None:
@@ -484,7 +487,7 @@ def _pairs(record: Message) -> list[Header]:
     return list(headers.items()) if isinstance(headers, dict) else list(headers)
 
 
-def _source_of(value: bytes | None, messages: Sequence[Message]) -> tuple[Message, int] | None:
+def _source_of(value: bytes | None, messages: Iterable[Message]) -> tuple[Message, int] | None:
     """The consumed message (and image index) an output was made from."""
     try:
         source = orjson.loads(value or b"")["source"]

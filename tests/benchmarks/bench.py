@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
@@ -98,11 +99,13 @@ def make_images(count: int, share: float, seed: int = 0) -> np.ndarray:
     return images.astype(np.float32)
 
 
-async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+async def create_topics(
+    bootstrap: str, names: list[str], partitions: int, config: dict[str, str] | None = None
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        await admin.create_topics([NewTopic(n, partitions, 1, topic_configs=config) for n in names])
     finally:
         await admin.close()
 
@@ -312,45 +315,62 @@ async def run_worker(
     return await measure(label, processes, bootstrap, f"scores-{run}", count, cfg.timeout)
 
 
+def paced_produce(bootstrap: str, topic: str, images: np.ndarray, rate: float) -> None:
+    """Send `images` at `rate` a second (librdkafka, in ticks of 5 ms), each stamped with the
+    time it is handed to the producer."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    started = time.monotonic()
+    sent = 0
+    while sent < len(images):
+        due = min(len(images), int((time.monotonic() - started) * rate) + 1)
+        for i in range(sent, due):
+            ident = f"lat-{i}"
+            value = encode(images[i], ident, int(time.time() * 1000))
+            producer.produce(topic, value, ident.encode())
+        sent = due
+        producer.poll(0)
+        time.sleep(0.005)
+    producer.flush(60)
+
+
 async def latency(bootstrap: str, cfg: Config, rate: float) -> dict[str, float]:
-    """End-to-end latency at a fixed input rate: producer timestamp to output seen by a consumer."""
+    """End-to-end latency at a fixed input rate: from an image's `ts` (when its producer
+    created it) to the broker appending its score (the scores topic keeps LogAppendTime), so
+    the measuring client's own speed does not count."""
     run = uuid.uuid4().hex[:8]
-    source = f"lat-in-{run}"
-    outputs = [f"{t}-{run}" for t in ("scores", "anomalies", "dlq")]
-    await create_topics(bootstrap, [source, *outputs], cfg.partitions)
+    source, scores = f"lat-in-{run}", f"scores-{run}"
+    await create_topics(bootstrap, [source, f"anomalies-{run}", f"dlq-{run}"], cfg.partitions)
+    await create_topics(
+        bootstrap, [scores], cfg.partitions, {"message.timestamp.type": "LogAppendTime"}
+    )
     env = worker_env(bootstrap, cfg, run, source, {})
     worker = spawn(
         [sys.executable, "-m", "service.cli", "worker"], env, cfg.workdir / "latency.log"
     )
     count = max(int(rate * cfg.latency_seconds), 10)
     images = make_images(count + 1, cfg.anomalous_share, seed=1)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, fetch_max_wait_ms=5, enable_auto_commit=False
-    )
-    await consumer.start()
     try:
         # Warm up: one message through, so group joining is not counted as latency.
         await produce_images(bootstrap, source, images[:1], "warm-")
-        await wait_for_outputs(bootstrap, f"scores-{run}", 1, [worker], cfg.timeout)
-        partitions = [TopicPartition(f"scores-{run}", p) for p in range(cfg.partitions)]
-        consumer.assign(partitions)
-        await consumer.seek_to_end()
-        latencies: list[float] = []
-
-        async def collect() -> None:
-            while len(latencies) < count:
-                batches = await consumer.getmany(timeout_ms=20)
-                now_ms = time.time() * 1000
-                for records in batches.values():
-                    for r in records:
-                        latencies.append(now_ms - json.loads(r.value)["ts"])
-
-        collector = asyncio.create_task(collect())
-        await produce_images(bootstrap, source, images[1:], "lat-", rate=rate)
-        await asyncio.wait_for(collector, timeout=cfg.timeout)
+        await wait_for_outputs(bootstrap, scores, 1, [worker], cfg.timeout)
+        await asyncio.to_thread(paced_produce, bootstrap, source, images[1:], rate)
+        await wait_for_outputs(bootstrap, scores, count + 1, [worker], cfg.timeout)
+    finally:
+        stop(worker)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    latencies: list[float] = []
+    try:
+        consumer.assign([TopicPartition(scores, p) for p in range(cfg.partitions)])
+        await consumer.seek_to_beginning()
+        while len(latencies) < count:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    out = json.loads(r.value)
+                    if out["id"].startswith("lat-"):
+                        latencies.append(r.timestamp - out["ts"])
     finally:
         await consumer.stop()
-        stop(worker)
     values = np.asarray(latencies)
     return {
         "rate_per_second": rate,
