@@ -26,7 +26,7 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
 
     expected = {
         "librdkafka", "aiokafka", "faust_agent",
-        "worker", "worker_tuned", "worker_x2", "worker_binary",
+        "worker", "worker_tuned", "worker_x2", "worker_binary", "worker_binary_anomalies_only",
     }  # fmt: skip
     assert set(report["throughput"]) == expected
     for name, row in report["throughput"].items():
@@ -48,7 +48,8 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
     assert set(report["targets"]) == {
         "worker/librdkafka >= 0.5",
         "worker/faust_agent >= 10",
-        "binary images/librdkafka messages >= 2",
+        "binary images/librdkafka messages >= 2 (scores on)",
+        "binary images/librdkafka messages >= 2 (anomalies only)",
         "p99 <= window + 25 ms (75 ms)",
         "peak RSS <= 300 MB",
         "own cost <= 6 us per JSON message",

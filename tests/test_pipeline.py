@@ -317,3 +317,27 @@ def test_dead_letter_headers_of_a_replayed_message_are_not_duplicated(model: Mod
     headers = dead.headers("now")
     assert [k for k, _ in headers].count(HEADER_REASON) == 1
     assert dict(headers)[HEADER_REASON] == b"invalid_json" and ("trace", b"t-1") in headers
+
+
+@pytest.mark.parametrize(("fmt", "per_message"), [("json", 1), ("json", 3), ("u8", 3), ("bits", 3)])
+def test_what_produce_writes_the_worker_reads_image_for_image(
+    model: Model, images: np.ndarray, fmt: str, per_message: int
+) -> None:
+    from service.cli.produce import encode_messages
+
+    ids = [f"p-{i}" for i in range(len(images))]
+    messages = []
+    for offset, first in enumerate(range(0, len(images), per_message)):
+        key, value, headers = encode_messages(
+            images[first : first + per_message], ids[first : first + per_message], 7, fmt
+        )
+        messages.append(kafka_message(value, offset, key=key, headers=headers))
+    result = BatchScorer(model).process(messages)
+    assert result.dead == []
+    scores = [ScoreMessage.model_validate_json(v) for _, v in result.scores]
+    expected = model.score(images).similarity.tolist()
+    assert [s.similarity for s in scores] == pytest.approx(expected)
+    if fmt == "json":
+        assert [s.id for s in scores] == ids and {s.ts for s in scores} == {7}
+    else:  # binary: named after each message's first image, then the index
+        assert [s.id for s in scores][:per_message] == [f"p-0:{k}" for k in range(per_message)]
