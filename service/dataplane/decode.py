@@ -335,7 +335,8 @@ def _numbers(rows: Any, size: int, count: int | None = None) -> NDArray[np.float
     shape = (size,) if count is None else (count, size)
     if array.dtype.kind not in "iuf" or array.shape != shape:
         return None
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, which the range check refuses
+        return array.astype(np.float32)
 
 
 def _header(headers: Headers, name: str) -> bytes | None:
