@@ -12,6 +12,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from rich.progress import Progress
 
+from service.cli.inputs import add_input_options, report_skipped
 from service.config import Settings
 from service.errors import PixelwatchError
 from service.kafka.options import client_options
@@ -20,7 +21,9 @@ from service.scoring.model import load_model
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="images: X/. text, .csv or .npy")
+    parser.add_argument(
+        "path", help="images: X/. text, .csv, .npy, PNG/JPEG, a folder of them or a quoted glob"
+    )
     parser.add_argument("--topic", help="input topic (default: PIXELWATCH_INPUT_TOPIC)")
     parser.add_argument("--bootstrap", help="Kafka servers (default: PIXELWATCH_BOOTSTRAP)")
     parser.add_argument(
@@ -35,6 +38,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--id-prefix", help="message ids are PREFIX-N (default: file name + run id)"
     )
+    add_input_options(parser)
 
 
 def encode(pixels: Pixels, ident: str, ts_ms: int) -> bytes:
@@ -85,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"bootstrap": args.bootstrap}.items() if v}
     settings = Settings(**overrides)
     shape = load_model(args.model).shape if args.model else ImageShape(args.width, args.height)
-    images = read_images(args.path, shape)
+    images = read_images(args.path, shape, binarize=args.binarize, skip_bad=args.skip_bad)
+    report_skipped(images.skipped, sys.stderr)
     count = args.count if args.count is not None else len(images)
     if count < 1:
         raise PixelwatchError("--count must be at least 1")
