@@ -44,7 +44,8 @@ def find_files(source: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
         if not files:
-            raise InputError(source, "folder", "contains no .png, .jpg or .jpeg files")
+            hint = "; give a text, .csv or .npy file by its own path" if any(path.iterdir()) else ""
+            raise InputError(source, "folder", f"contains no .png, .jpg or .jpeg files{hint}")
         return files
     files = sorted(Path(p) for p in glob.glob(source) if Path(p).is_file())
     if not files:
