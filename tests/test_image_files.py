@@ -70,7 +70,8 @@ def test_larger_colour_images_are_grayscaled_and_shrunk_by_area_averaging(tmp_pa
     Image.fromarray(big, mode="RGB").save(tmp_path / "big.png")
     [pixels] = read_images(tmp_path / "big.png", SHAPE).pixels.reshape(1, 8, 8)
     assert (pixels[:4, :4] == 1.0).all() and (pixels[:4, 4:] == 0.0).all()
-    cyan = 1.0 - Image.new("RGB", (1, 1), (0, 255, 255)).convert("L").getpixel((0, 0)) / 255.0
+    luma = np.asarray(Image.new("RGB", (1, 1), (0, 255, 255)).convert("L"), dtype=np.float32)
+    cyan = 1.0 - float(luma[0, 0]) / 255.0
     np.testing.assert_allclose(pixels[4:, 4:], cyan, atol=1e-6)
 
 
