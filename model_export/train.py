@@ -39,6 +39,7 @@ from service.scoring.images import ImageShape, Pixels
 # A held-out loss counts as better only when it falls below the best by this share of it, so
 # that a long plateau of tiny gains does not keep training alive.
 MIN_IMPROVEMENT: Final = 1e-3
+LR_DROP: Final = 4.0
 
 
 class TrainingError(PixelwatchError):
@@ -53,6 +54,7 @@ class FitSettings:
     seed: int = 0
     progress: bool = False
     patience: int = 0  # epochs without held-out improvement before stopping; 0: never stop
+    lr_drops: int = 0  # plateaus met by dividing the learning rate by LR_DROP before stopping
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ def fit(
     losses: list[float] = []
     holdout_losses: list[float] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    drops, plateau = 0, 0
     autoencoder.train()
     with _progress(settings, held is not None, console) as report:
         for epoch in range(1, settings.epochs + 1):
@@ -167,8 +170,12 @@ def fit(
             report(epoch, mean, held_loss)
             if best is None or held_loss < best[0] * (1.0 - MIN_IMPROVEMENT):
                 best = (held_loss, epoch, copy.deepcopy(autoencoder.state_dict()))
-            elif epoch - best[1] >= settings.patience:
-                break
+            elif epoch - max(best[1], plateau) >= settings.patience:
+                if drops == settings.lr_drops:
+                    break
+                drops, plateau = drops + 1, epoch
+                for group in optimizer.param_groups:
+                    group["lr"] = group["lr"] / LR_DROP
     if best is not None:
         autoencoder.load_state_dict(best[2])
     autoencoder.eval()
