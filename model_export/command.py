@@ -10,13 +10,17 @@ from typing import Any, Literal
 from model_export.architectures import ACTIVATIONS, ARCHITECTURES, parse_params
 from model_export.pipeline import MODES, OptionError, TrainOptions, TrainResult, train_and_export
 from model_export.scaling import (
+    COURSE_EPOCHS,
     COURSE_LR,
     EARLY_STOPPING_MIN,
+    LR_DROPS,
     MAX_AUTO_BATCH,
+    MAX_AUTO_EPOCHS,
     MAX_AUTO_LR,
     STEPS_PER_EPOCH,
     VALIDATION_FRACTION,
 )
+from model_export.train import LR_DROP
 from service.cli.inputs import add_input_options, report_skipped
 from service.scoring.similarity import METRICS
 
@@ -27,11 +31,13 @@ SHORTCUTS = ("hidden", "code", "activation")  # flags of their own; --arch-param
 
 
 STOPPING_RULE = (
-    f"With fewer than {EARLY_STOPPING_MIN} images (the course trains on two) every one of "
-    "--epochs runs, one image per optimiser step. "
-    f"From {EARLY_STOPPING_MIN} images on, {VALIDATION_FRACTION:.0%} of them are held out: "
-    "training stops once their reconstruction loss has not improved for --patience epochs, "
-    "and the weights of the best epoch are kept; --epochs is then a maximum. "
+    f"With fewer than {EARLY_STOPPING_MIN} images (the course trains on two) nothing is held "
+    f"out: every one of --epochs runs ({COURSE_EPOCHS} by default), one image per optimiser step. "
+    f"From {EARLY_STOPPING_MIN} images on, {VALIDATION_FRACTION:.0%} of them are held out for "
+    "early stopping: when their reconstruction loss has not improved for --patience epochs, "
+    f"the learning rate is divided by {LR_DROP:g}; after {LR_DROPS} such plateaus the next one "
+    "stops training, and the weights of the best epoch are kept. --epochs is then a maximum "
+    f"({MAX_AUTO_EPOCHS} by default). "
     "With --fpr the threshold is calibrated on another held-out split (20%), never trained "
     "on nor used for stopping. "
     f"--batch-size auto is 1 below {EARLY_STOPPING_MIN} training images, else the power of two "
@@ -40,7 +46,7 @@ STOPPING_RULE = (
     f"size, up to {MAX_AUTO_LR:g}. --patience 0 turns early stopping off."
 )
 STOPPING_HELP = (
-    "how long training runs (--epochs, --patience, --batch-size auto, --lr auto):\n"
+    "how long training runs (--epochs, --patience, --batch-size and --lr auto):\n"
     + textwrap.fill(STOPPING_RULE, width=88, initial_indent="  ", subsequent_indent="  ")
     + "\n"
 )
@@ -106,10 +112,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument(
         "--epochs",
-        type=int,
+        type=epoch_count,
         default=DEFAULTS.epochs,
-        metavar="N",
-        help="the most passes over the training images (default: %(default)s)",
+        metavar="N|auto",
+        help="the most passes over the training images (default: %(default)s, see below)",
     )
     training.add_argument(
         "--patience",
@@ -166,6 +172,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def batch_size(text: str) -> int | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or auto: {text!r}") from None
+
+
+def epoch_count(text: str) -> int | Literal["auto"]:
     if text == "auto":
         return "auto"
     try:
@@ -239,11 +254,12 @@ def summary(result: TrainResult, options: TrainOptions) -> str:
     meta, trained = result.metadata, result.trained
     stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.timings.items())
     held = len(result.validation_indices)
+    most = result.settings.epochs
     if held:
         stop = (
-            f"stopped at epoch {trained.epochs_run} of {options.epochs}"
-            if trained.epochs_run < options.epochs
-            else f"ran all {options.epochs} epochs"
+            f"stopped at epoch {trained.epochs_run} of {most}"
+            if trained.epochs_run < most
+            else f"ran all {most} epochs"
         )
         epochs = f"{stop}, kept epoch {trained.kept_epoch} (best loss on {held} held-out images)"
         loss = (
@@ -251,7 +267,7 @@ def summary(result: TrainResult, options: TrainOptions) -> str:
             f"{trained.holdout_losses[trained.kept_epoch - 1]:.4g}"
         )
     else:
-        epochs = f"{options.epochs}, no early stopping"
+        epochs = f"{most}, no early stopping"
         loss = f"{meta.final_loss:.4g} (mean of the last epoch)"
     lines = [
         f"trained a {meta.arch} autoencoder on {len(result.train_indices)} images "

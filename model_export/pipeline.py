@@ -32,7 +32,14 @@ from model_export.calibrate import (
 )
 from model_export.export import export_scoring_graph, write_metadata
 from model_export.report import MAX_EXAMPLES, ReportData, report_path, write_report
-from model_export.scaling import DEFAULT_PATIENCE, auto_batch_size, auto_lr, validation_split
+from model_export.scaling import (
+    DEFAULT_PATIENCE,
+    LR_DROPS,
+    auto_batch_size,
+    auto_epochs,
+    auto_lr,
+    validation_split,
+)
 from model_export.train import FitSettings, Trained, train
 from service.errors import InputError, PixelwatchError
 from service.scoring.images import ImageSet, ImageShape, Pixels, read_images
@@ -56,7 +63,7 @@ class OutputError(PixelwatchError):
 class TrainOptions:
     """Everything that shapes a trained model; validated on construction."""
 
-    epochs: int = 500
+    epochs: int | Literal["auto"] = "auto"
     seed: int = 0
     mode: Mode = "binary"
     metric: MetricName = "hamming"
@@ -77,7 +84,7 @@ class TrainOptions:
     def __post_init__(self) -> None:
         for name in ("epochs", "width", "height", "batch_size"):
             value = getattr(self, name)
-            if name == "batch_size" and value == "auto":
+            if name in {"batch_size", "epochs"} and value == "auto":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptionError(f"{_flag(name)} must be a whole number >= 1 (got {value!r})")
@@ -153,14 +160,17 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
 
     batch_size = _batch_size(options, len(normal.train_rows))
     lr = auto_lr(batch_size) if options.lr == "auto" else float(options.lr)
+    early_stopping = len(normal.validation_rows) > 0
+    epochs = auto_epochs(early_stopping) if options.epochs == "auto" else options.epochs
     with _timed(timings, "train"):
         settings = FitSettings(
-            epochs=options.epochs,
+            epochs=epochs,
             lr=lr,
             batch_size=batch_size,
             seed=options.seed,
             progress=options.progress,
             patience=options.patience,
+            lr_drops=LR_DROPS,
         )
         trained = train(
             options.arch,
@@ -205,7 +215,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         log.debug("wrote %s; threshold %s", out, calibration.describe())
         if options.report:
             with _timed(timings, "report"):
-                report = _report(out, normal, trained, options)
+                report = _report(out, normal, trained, settings, options)
     except OSError as exc:
         raise OutputError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     return TrainResult(
@@ -291,7 +301,7 @@ def _arch_params(options: TrainOptions, settings: FitSettings, trained: Trained)
     """The architecture's hyper-parameters and the optimiser's, as recorded in the metadata."""
     return {
         **resolve_params(options.arch, options.arch_params),
-        "epochs": options.epochs,  # the most epochs allowed
+        "epochs": settings.epochs,  # the most epochs allowed
         "lr": settings.lr,
         "batch_size": settings.batch_size,
         "seed": options.seed,
@@ -301,7 +311,9 @@ def _arch_params(options: TrainOptions, settings: FitSettings, trained: Trained)
     }
 
 
-def _report(out: Path, normal: _Normal, trained: Trained, options: TrainOptions) -> Path:
+def _report(
+    out: Path, normal: _Normal, trained: Trained, settings: FitSettings, options: TrainOptions
+) -> Path:
     """Everything in the report that comes from the model is scored by the exported graph."""
     model = load_model(out)
     fitted = model.score(normal.train_pixels)
@@ -312,7 +324,7 @@ def _report(out: Path, normal: _Normal, trained: Trained, options: TrainOptions)
         losses=trained.losses,
         holdout_losses=trained.holdout_losses,
         kept_epoch=trained.kept_epoch,
-        max_epochs=options.epochs,
+        max_epochs=settings.epochs,
         inputs=normal.train_pixels[shown],
         reconstructions=fitted.reconstruction[shown],
         similarities=scored.similarity,

@@ -5,8 +5,10 @@ The rule (`pixelwatch train --help` and the README say the same):
 - Fewer than `EARLY_STOPPING_MIN` images (the course trains on two): no held-out set, no early
   stopping, one image per optimiser step, every one of `--epochs` runs. Exactly the course.
 - From `EARLY_STOPPING_MIN` images on, `VALIDATION_FRACTION` of them are held out for early
-  stopping: training stops once their reconstruction loss has not improved for `--patience`
-  epochs, and keeps the weights of the best epoch; `--epochs` is then a maximum.
+  stopping. When their reconstruction loss has not improved for `--patience` epochs, the
+  learning rate is divided by `train.LR_DROP`; after `LR_DROPS` such plateaus the next one
+  stops training, and the weights of the best epoch are kept. `--epochs` is then a maximum.
+- `--epochs auto` is `COURSE_EPOCHS` without early stopping and `MAX_AUTO_EPOCHS` with it.
 - With `--fpr`, the threshold is calibrated on its own held-out split, drawn first and never
   trained on nor used to stop training, so the images that choose the epoch are not the
   images that choose the threshold.
@@ -40,6 +42,9 @@ MAX_AUTO_BATCH: Final = 256
 COURSE_LR: Final = 1e-3  # Adam's default, the course's, for one image per step
 MAX_AUTO_LR: Final = 1e-2
 DEFAULT_PATIENCE: Final = 50
+LR_DROPS: Final = 2
+COURSE_EPOCHS: Final = 500
+MAX_AUTO_EPOCHS: Final = 2000
 
 
 def auto_batch_size(training_images: int) -> int:
@@ -49,6 +54,12 @@ def auto_batch_size(training_images: int) -> int:
     ideal = training_images / STEPS_PER_EPOCH
     power = 2 ** round(math.log2(max(ideal, 1.0)))
     return int(min(power, MAX_AUTO_BATCH))
+
+
+def auto_epochs(early_stopping: bool) -> int:
+    """The course's 500 epochs when every epoch runs; a generous maximum when training stops
+    by itself."""
+    return MAX_AUTO_EPOCHS if early_stopping else COURSE_EPOCHS
 
 
 def auto_lr(batch_size: int) -> float:

@@ -10,11 +10,13 @@ from matplotlib.lines import Line2D
 from sklearn.datasets import load_digits
 
 from model_export import TrainOptions, train_and_export
-from model_export.command import configure_parser, options_from
+from model_export.command import configure_parser, options_from, run
 from model_export.report import ReportData, draw_report
 from model_export.scaling import (
+    COURSE_EPOCHS,
     EARLY_STOPPING_MIN,
     MAX_AUTO_BATCH,
+    MAX_AUTO_EPOCHS,
     STEPS_PER_EPOCH,
     auto_batch_size,
     validation_split,
@@ -42,6 +44,18 @@ def test_auto_batch_size_is_one_for_a_handful_of_images_and_grows_with_the_data(
         size = auto_batch_size(n)
         assert size & (size - 1) == 0  # a power of two
         assert STEPS_PER_EPOCH / 2 <= n / size <= STEPS_PER_EPOCH * 2
+
+
+def test_auto_epochs_run_the_course_s_500_or_allow_many_when_training_stops_by_itself(
+    tmp_path: Path, digits_file: Path
+) -> None:
+    course = train_and_export(SEED_TRAIN, tmp_path / "c.onnx", TrainOptions(report=False))
+    assert course.settings.epochs == COURSE_EPOCHS == 500
+    assert course.trained.epochs_run == 500
+    options = TrainOptions(lr=0.05, patience=2, mode="gray", report=False)
+    digits = train_and_export(digits_file, tmp_path / "d.onnx", options)
+    assert digits.settings.epochs == MAX_AUTO_EPOCHS > COURSE_EPOCHS
+    assert digits.trained.epochs_run < MAX_AUTO_EPOCHS
 
 
 def test_validation_split_holds_out_a_tenth_of_larger_data_and_nothing_of_tiny_data() -> None:
@@ -178,3 +192,37 @@ def test_help_states_the_stopping_rule(capsys: pytest.CaptureFixture[str]) -> No
     assert f"From {EARLY_STOPPING_MIN} images on, 10% of them are held out" in text
     assert "never trained on nor used for stopping" in text
     assert "--batch-size auto is 1 below" in text
+
+
+def test_a_plateau_first_lowers_the_learning_rate_then_stops() -> None:
+    pixels = DIGITS[:400]
+    plain = FitSettings(epochs=600, lr=0.02, batch_size=32, seed=1, patience=5)
+    dropping = FitSettings(epochs=600, lr=0.02, batch_size=32, seed=1, patience=5, lr_drops=2)
+    stopped = train("dense", ImageShape(), {}, pixels[:350], plain, holdout=pixels[350:])
+    lowered = train("dense", ImageShape(), {}, pixels[:350], dropping, holdout=pixels[350:])
+    # Identical up to the first plateau, where one stops and the other carries on.
+    first = stopped.epochs_run
+    assert lowered.losses[:first] == stopped.losses[:first]
+    assert lowered.epochs_run >= first + 2 * 5
+    assert min(lowered.holdout_losses) < min(stopped.holdout_losses)
+
+
+def test_the_summary_says_where_training_stopped(
+    digits_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.onnx"
+    args = parse("--lr", "0.05", "--patience", "2", "--mode", "gray", "--no-progress")
+    args.data, args.out = str(digits_file), out
+    assert run(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    params = load_model(out).metadata.arch_params
+    run_, kept = params["epochs_run"], params["epoch_kept"]
+    assert lines[0] == (
+        f"trained a dense autoencoder on 540 images ({run_} epochs, batch size "
+        f"{auto_batch_size(540)}, lr 0.05, gray mode, seed 0)"
+    )
+    assert lines[5] == (
+        f"epochs     stopped at epoch {run_} of {MAX_AUTO_EPOCHS}, kept epoch {kept} "
+        "(best loss on 60 held-out images)"
+    )
+    assert lines[6].startswith("loss       ") and "held-out" in lines[6]
