@@ -242,3 +242,37 @@ def test_no_service_module_imports_pillow() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_evaluate_reads_folders_and_patterns_like_arrays(
+    seed_model_path: Path, tmp_path: Path
+) -> None:
+    test = read_images(SEED_TEST, SHAPE).pixels
+    normal, anomalous = (
+        np.concatenate([read_images(SEED_TRAIN, SHAPE).pixels, test[[0, 1, 3]]]),
+        test[[2]],
+    )
+    folder = tmp_path / "normal"
+    folder.mkdir()
+    for index, pixels in enumerate(normal):
+        ink_to_png(pixels, folder / f"n{index}.png")
+    ink_to_png(anomalous[0], tmp_path / "odd-corners.png")
+    (folder / "broken.png").write_bytes(b"junk")
+    np.save(tmp_path / "normal.npy", normal)
+    np.save(tmp_path / "anomalous.npy", anomalous)
+    model = str(seed_model_path)
+    command = ["evaluate", "--model", model, "--json"]
+    arrays = pixelwatch(
+        *command, "--normal", str(tmp_path / "normal.npy"),
+        "--anomalous", str(tmp_path / "anomalous.npy"),
+    )  # fmt: skip
+    files = pixelwatch(
+        *command, "--skip-bad", "--normal", str(folder),
+        "--anomalous", str(tmp_path / "odd-*.png"),
+    )  # fmt: skip
+    assert files.returncode == 0, files.stderr
+    assert files.stderr == f"skipped {folder / 'broken.png'}:image: not a PNG or JPEG image\n"
+    by_arrays, by_files = json.loads(arrays.stdout), json.loads(files.stdout)
+    assert (by_files["normal"], by_files["anomalous"]) == (5, 1)
+    for key in ("auroc", "average_precision", "fpr", "recall", "tp", "fp", "tn", "fn"):
+        assert by_files[key] == by_arrays[key], key
