@@ -34,6 +34,7 @@ from model_export.export import export_scoring_graph, write_metadata
 from model_export.report import MAX_EXAMPLES, ReportData, report_path, write_report
 from model_export.scaling import (
     DEFAULT_PATIENCE,
+    EARLY_STOPPING_MIN,
     LR_DROPS,
     auto_batch_size,
     auto_epochs,
@@ -271,8 +272,14 @@ def _read(data: Path, options: TrainOptions) -> _Normal:
         check_fpr(options.fpr, count, str(data))  # before any training time is spent
         train_rows, holdout = split_holdout(count, options.seed)
     validation = train_rows[:0]
-    if options.patience > 0:
-        train_rows, validation = validation_split(train_rows, options.seed, count)
+    if options.patience > 0 and count >= EARLY_STOPPING_MIN:
+        if options.fpr is None:
+            train_rows, validation = validation_split(train_rows, options.seed, count)
+        else:
+            # The calibration split stops training too: holding out another tenth cost
+            # detection on the digits (see scaling.py), and choosing one epoch by mean
+            # loss barely moves a low similarity quantile.
+            validation = holdout
     return _Normal(images, digest, train_rows, holdout, validation)
 
 

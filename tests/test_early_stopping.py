@@ -189,8 +189,9 @@ def test_help_states_the_stopping_rule(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         parse("--help")
     text = " ".join(capsys.readouterr().out.split())
-    assert f"From {EARLY_STOPPING_MIN} images on, 10% of them are held out" in text
-    assert "never trained on nor used for stopping" in text
+    assert f"From {EARLY_STOPPING_MIN} images on, images are held out for early stopping" in text
+    assert "the epoch and the threshold are chosen on the same held-out images" in text
+    assert "without --fpr 10% of the images" in text
     assert "--batch-size auto is 1 below" in text
 
 
