@@ -2,11 +2,26 @@
 
 import argparse
 import dataclasses
+import sys
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from model_export.architectures import ACTIVATIONS, ARCHITECTURES, parse_params
 from model_export.pipeline import MODES, OptionError, TrainOptions, TrainResult, train_and_export
+from model_export.scaling import (
+    COURSE_EPOCHS,
+    COURSE_LR,
+    EARLY_STOPPING_MIN,
+    LR_DROPS,
+    MAX_AUTO_BATCH,
+    MAX_AUTO_EPOCHS,
+    MAX_AUTO_LR,
+    STEPS_PER_EPOCH,
+    VALIDATION_FRACTION,
+)
+from model_export.train import LR_DROP
+from service.cli.inputs import add_input_options, report_skipped
 from service.scoring.similarity import METRICS
 
 DEFAULTS = TrainOptions()
@@ -15,15 +30,38 @@ DEFAULTS = TrainOptions()
 SHORTCUTS = ("hidden", "code", "activation")  # flags of their own; --arch-param takes the rest
 
 
+STOPPING_RULE = (
+    f"With fewer than {EARLY_STOPPING_MIN} images (the course trains on two) nothing is held "
+    f"out: every one of --epochs runs ({COURSE_EPOCHS} by default), one image per optimiser step. "
+    f"From {EARLY_STOPPING_MIN} images on, images are held out for early stopping: with "
+    "--fpr the calibration split (20%, drawn first), so the epoch and the threshold are "
+    "chosen on the same held-out images, never trained on; without --fpr "
+    f"{VALIDATION_FRACTION:.0%} of the images. When their reconstruction loss has not improved "
+    "for --patience epochs, "
+    f"the learning rate is divided by {LR_DROP:g}; after {LR_DROPS} such plateaus the next one "
+    "stops training, and the weights of the best epoch are kept. --epochs is then a maximum "
+    f"({MAX_AUTO_EPOCHS} by default). "
+    f"--batch-size auto is 1 below {EARLY_STOPPING_MIN} training images, else the power of two "
+    f"nearest to 1/{STEPS_PER_EPOCH} of them (at most {MAX_AUTO_BATCH}). "
+    f"--lr auto is {COURSE_LR:g} at batch size 1 and grows with the square root of the batch "
+    f"size, up to {MAX_AUTO_LR:g}. --patience 0 turns early stopping off."
+)
+STOPPING_HELP = (
+    "how long training runs (--epochs, --patience, --batch-size and --lr auto):\n"
+    + textwrap.fill(STOPPING_RULE, width=88, initial_indent="  ", subsequent_indent="  ")
+    + "\n"
+)
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = architectures_help()
+    parser.epilog = STOPPING_HELP + "\n" + architectures_help()
     parser.add_argument(
         "--data",
-        type=Path,
         required=True,
         metavar="PATH",
-        help="normal images: X/. text, .csv or .npy",
+        help="normal images: X/. text, .csv, .npy, a PNG/JPEG file, a folder of them "
+        "or a quoted glob such as 'images/*.png'",
     )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="MODEL.onnx", help="scoring graph to write"
@@ -75,10 +113,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument(
         "--epochs",
-        type=int,
+        type=epoch_count,
         default=DEFAULTS.epochs,
+        metavar="N|auto",
+        help="the most passes over the training images (default: %(default)s, see below)",
+    )
+    training.add_argument(
+        "--patience",
+        type=int,
+        default=DEFAULTS.patience,
         metavar="N",
-        help="passes over the training images (default: %(default)s)",
+        help="stop after N epochs without held-out improvement; 0: never stop early "
+        "(default: %(default)s)",
     )
     training.add_argument(
         "--seed",
@@ -88,16 +134,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="seeds initialisation, shuffling and the held-out split (default: %(default)s)",
     )
     training.add_argument(
-        "--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate (default: %(default)g)"
+        "--lr",
+        type=learning_rate,
+        default=DEFAULTS.lr,
+        metavar="LR|auto",
+        help="Adam learning rate (default: %(default)s, see below)",
     )
     training.add_argument(
         "--batch-size",
-        type=int,
+        type=batch_size,
         default=DEFAULTS.batch_size,
-        metavar="N",
-        help="images per optimiser step (default: %(default)s)",
+        metavar="N|auto",
+        help="images per optimiser step (default: %(default)s, see below)",
     )
     training.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_input_options(parser)
 
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument(
@@ -119,6 +170,33 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="calibrate the threshold to flag this fraction of held-out normal images",
     )
+
+
+def batch_size(text: str) -> int | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or auto: {text!r}") from None
+
+
+def epoch_count(text: str) -> int | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or auto: {text!r}") from None
+
+
+def learning_rate(text: str) -> float | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or auto: {text!r}") from None
 
 
 def architectures_help() -> str:
@@ -158,28 +236,52 @@ def options_from(args: argparse.Namespace) -> TrainOptions:
         arch_params=arch_params,
         lr=args.lr,
         batch_size=args.batch_size,
+        patience=args.patience,
         progress=not args.no_progress,
+        binarize=args.binarize,
+        skip_bad=args.skip_bad,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     options = options_from(args)
-    result = train_and_export(args.data, args.out, options)
+    result = train_and_export(Path(args.data), args.out, options)
+    report_skipped(result.skipped, sys.stderr)
     print(summary(result, options))
     return 0
 
 
 def summary(result: TrainResult, options: TrainOptions) -> str:
-    meta = result.metadata
+    meta, trained = result.metadata, result.trained
     stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.timings.items())
+    held = len(result.validation_indices)
+    most = result.settings.epochs
+    if held:
+        stop = (
+            f"stopped at epoch {trained.epochs_run} of {most}"
+            if trained.epochs_run < most
+            else f"ran all {most} epochs"
+        )
+        epochs = f"{stop}, kept epoch {trained.kept_epoch} (best loss on {held} held-out images)"
+        loss = (
+            f"{meta.final_loss:.4g} (training, epoch {trained.kept_epoch}); held-out "
+            f"{trained.holdout_losses[trained.kept_epoch - 1]:.4g}"
+        )
+    else:
+        epochs = f"{most}, no early stopping"
+        loss = f"{meta.final_loss:.4g} (mean of the last epoch)"
     lines = [
         f"trained a {meta.arch} autoencoder on {len(result.train_indices)} images "
-        f"({options.epochs} epochs, {meta.mode} mode, seed {options.seed})",
+        f"({trained.epochs_run} epochs, batch size {result.settings.batch_size}, "
+        f"lr {result.settings.lr:g}, {meta.mode} mode, seed {options.seed})",
         f"model      {result.model_path}",
         f"report     {result.report_path or '-'}",
         f"threshold  {meta.threshold:.4g} on {meta.metric}: anomaly if similarity < threshold",
         f"chosen     {result.calibration.describe()}",
-        f"loss       {meta.final_loss:.4g} (mean of the last epoch)",
+        f"epochs     {epochs}",
+        f"loss       {loss}",
         f"time       {result.seconds:.1f} s ({stages})",
     ]
+    if result.skipped:
+        lines.insert(1, f"skipped    {len(result.skipped)} unreadable image files (listed above)")
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """`pixelwatch evaluate`: detection quality of an exported model on labelled images.
 
-Images come as two files (`--normal`, `--anomalous`: X/. text, .csv or .npy) or as one
-labelled CSV (`--labelled`): a header row naming a `label` column (0 normal, 1 anomalous)
-and one column per pixel, in any order; every data row is one image.
+Images come as two sources (`--normal`, `--anomalous`: X/. text, .csv, .npy, PNG/JPEG files,
+a folder of them or a glob pattern) or as one labelled CSV (`--labelled`): a header row naming
+a `label` column (0 normal, 1 anomalous) and one column per pixel, in any order; every data
+row is one image.
 
 The model scores them with the runtime's own `load_model(...).score(...)`. An image is an
 anomaly when its similarity is below the threshold, so the anomaly score is the negated
@@ -20,6 +21,8 @@ import csv
 import json
 import logging
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -27,6 +30,13 @@ from typing import Any, Final
 import numpy as np
 from matplotlib.figure import Figure  # an Agg figure without pyplot's global state
 from numpy.typing import NDArray
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -35,13 +45,16 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from service.cli.inputs import add_input_options, report_skipped
 from service.errors import InputError, PixelwatchError
+from service.progress import progress_bar
 from service.scoring.images import ImageShape, Pixels, check_values, read_images
-from service.scoring.model import Model, load_model
+from service.scoring.model import Model, ScoredBatch, load_model
 from service.scoring.similarity import METRICS, MetricName
 
 LABEL_COLUMN: Final = "label"
 NORMAL, ANOMALOUS = 0, 1
+CHUNK: Final = 4096  # images per onnxruntime call, so progress can advance
 Labels = NDArray[np.int8]
 
 
@@ -111,16 +124,41 @@ def evaluate(
     *,
     metric: MetricName | None = None,
     threshold: float | None = None,
+    advance: Callable[[int], None] = lambda scored: None,
 ) -> Evaluation:
-    """Score labelled images with `model` and measure every metric's separation."""
+    """Score labelled images with `model` and measure every metric's separation.
+
+    `advance(n)` is called after every chunk of n images scored (for a progress bar).
+    """
     for label, name in ((NORMAL, "normal"), (ANOMALOUS, "anomalous")):
         if not (labels == label).any():
             raise EvaluationError(
                 f"no {name} images (label {label}): evaluation needs both normal and anomalous"
             )
-    scored = model.score(pixels, metric=metric, threshold=threshold)
+    scored = _score_in_chunks(model, pixels, metric, threshold, advance)
     ranking = {m: quality(scored.scores[m], labels, scored.threshold) for m in METRICS}
     return Evaluation(model, scored.metric, labels, scored.scores, ranking[scored.metric], ranking)
+
+
+def _score_in_chunks(
+    model: Model,
+    pixels: Pixels,
+    metric: MetricName | None,
+    threshold: float | None,
+    advance: Callable[[int], None],
+) -> ScoredBatch:
+    parts = []
+    for start in range(0, len(pixels), CHUNK):
+        part = model.score(pixels[start : start + CHUNK], metric=metric, threshold=threshold)
+        parts.append(part)
+        advance(len(part.reconstruction))
+    first = parts[0]
+    return ScoredBatch(
+        reconstruction=np.concatenate([p.reconstruction for p in parts]),
+        scores={m: np.concatenate([p.scores[m] for p in parts]) for m in first.scores},
+        metric=first.metric,
+        threshold=first.threshold,
+    )
 
 
 def read_labelled(path: Path | str, shape: ImageShape) -> tuple[Pixels, Labels]:
@@ -199,9 +237,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "images", "either --normal and --anomalous, or one --labelled CSV"
     )
     images.add_argument(
-        "--normal", type=Path, metavar="PATH", help="normal images: X/. text, .csv or .npy"
+        "--normal",
+        metavar="PATH",
+        help="normal images: X/. text, .csv, .npy, PNG/JPEG, a folder of them or a quoted glob",
     )
-    images.add_argument("--anomalous", type=Path, metavar="PATH", help="anomalous images")
+    images.add_argument("--anomalous", metavar="PATH", help="anomalous images (the same forms)")
     images.add_argument(
         "--labelled",
         type=Path,
@@ -221,6 +261,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report", type=Path, metavar="DIR", help="write the ROC / histogram PNG and JSON here"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_input_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,22 +274,49 @@ def run(args: argparse.Namespace) -> int:
     ):
         raise EvaluationError("give --normal and --anomalous, or --labelled (not both)")
     model = load_model(args.model)
-    if args.labelled is not None:
-        pixels, labels = read_labelled(args.labelled, model.shape)
-    else:
-        normal = read_images(args.normal, model.shape).pixels
-        anomalous = read_images(args.anomalous, model.shape).pixels
-        pixels = np.concatenate([normal, anomalous])
-        labels = np.repeat(
-            np.asarray([NORMAL, ANOMALOUS], dtype=np.int8), [len(normal), len(anomalous)]
+    with progress_bar(*PROGRESS_COLUMNS, enabled=not args.no_progress) as bar:
+        if args.labelled is not None:
+            pixels, labels = read_labelled(args.labelled, model.shape)
+            if args.binarize is not None:
+                pixels = (pixels >= args.binarize).astype(np.float32)
+        else:
+            found = [
+                read_images(path, model.shape, binarize=args.binarize, skip_bad=args.skip_bad)
+                for path in (args.normal, args.anomalous)
+            ]
+            for images in found:
+                report_skipped(images.skipped, sys.stderr)
+            normal, anomalous = (images.pixels for images in found)
+            pixels = np.concatenate([normal, anomalous])
+            labels = np.repeat(
+                np.asarray([NORMAL, ANOMALOUS], dtype=np.int8), [len(normal), len(anomalous)]
+            )
+        scoring = bar.add_task("scoring", total=len(pixels))
+        result = evaluate(
+            model,
+            pixels,
+            labels,
+            metric=args.metric,
+            threshold=args.threshold,
+            advance=lambda n: bar.advance(scoring, n),
         )
-    result = evaluate(model, pixels, labels, metric=args.metric, threshold=args.threshold)
     report = _write_report(args.report, result) if args.report is not None else None
     if args.json:
         print(json.dumps(as_json(result, report)))
     else:
         print(summary(result, report))
     return 0
+
+
+PROGRESS_COLUMNS: Final = (
+    TextColumn("{task.description}"),
+    BarColumn(),
+    MofNCompleteColumn(),
+    TextColumn("images"),
+    TimeElapsedColumn(),
+    TextColumn("ETA"),
+    TimeRemainingColumn(),
+)
 
 
 def as_json(result: Evaluation, report: Path | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,7 +32,16 @@ from model_export.calibrate import (
 )
 from model_export.export import export_scoring_graph, write_metadata
 from model_export.report import MAX_EXAMPLES, ReportData, report_path, write_report
-from model_export.train import FitSettings, train
+from model_export.scaling import (
+    DEFAULT_PATIENCE,
+    EARLY_STOPPING_MIN,
+    LR_DROPS,
+    auto_batch_size,
+    auto_epochs,
+    auto_lr,
+    validation_split,
+)
+from model_export.train import FitSettings, Trained, train
 from service.errors import InputError, PixelwatchError
 from service.scoring.images import ImageSet, ImageShape, Pixels, read_images
 from service.scoring.model import FORMAT_VERSION, Mode, ModelMetadata, load_model
@@ -55,7 +64,7 @@ class OutputError(PixelwatchError):
 class TrainOptions:
     """Everything that shapes a trained model; validated on construction."""
 
-    epochs: int = 500
+    epochs: int | Literal["auto"] = "auto"
     seed: int = 0
     mode: Mode = "binary"
     metric: MetricName = "hamming"
@@ -65,24 +74,40 @@ class TrainOptions:
     height: int = 8
     arch: str = "dense"
     arch_params: Mapping[str, Any] = field(default_factory=dict)
-    lr: float = 1e-3
-    batch_size: int = 1
+    lr: float | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    patience: int = DEFAULT_PATIENCE  # 0: never stop early
     progress: bool = False
     report: bool = True
+    binarize: float | None = None  # image values >= this become 1, the others 0
+    skip_bad: bool = False  # skip unreadable image files (and say which) instead of failing
 
     def __post_init__(self) -> None:
         for name in ("epochs", "width", "height", "batch_size"):
             value = getattr(self, name)
+            if name in {"batch_size", "epochs"} and value == "auto":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptionError(f"{_flag(name)} must be a whole number >= 1 (got {value!r})")
+        if (
+            isinstance(self.patience, bool)
+            or not isinstance(self.patience, int)
+            or self.patience < 0
+        ):
+            raise OptionError(f"--patience must be a whole number >= 0 (got {self.patience!r})")
+        if self.binarize is not None and not 0.0 < self.binarize <= 1.0:
+            raise OptionError(f"--binarize must be in (0, 1] (got {self.binarize:g})")
         if not 0 <= self.seed < 2**63:
             raise OptionError(f"--seed must be between 0 and 2**63 - 1 (got {self.seed})")
         if self.mode not in MODES:
             raise OptionError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r})")
         if self.metric not in METRICS:
             raise OptionError(f"--metric must be one of {', '.join(METRICS)} (got {self.metric!r})")
-        if not (np.isfinite(self.lr) and self.lr > 0):
-            raise OptionError(f"--lr must be a positive number (got {self.lr:g})")
+        if self.lr != "auto":
+            number = isinstance(self.lr, int | float) and not isinstance(self.lr, bool)
+            if not (number and np.isfinite(self.lr) and self.lr > 0):
+                shown = f"{self.lr:g}" if number else repr(self.lr)
+                raise OptionError(f"--lr must be a positive number (got {shown})")
         if self.threshold is not None and self.fpr is not None:
             raise OptionError("--threshold and --fpr are mutually exclusive; give one of them")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -104,12 +129,20 @@ class TrainResult:
     model_path: Path
     report_path: Path | None
     autoencoder: Autoencoder  # in eval mode; wrap it in export.ScoringGraph to score in torch
-    losses: tuple[float, ...]  # mean training loss per epoch
+    trained: Trained  # losses per epoch, held-out losses, the epoch kept
     metadata: ModelMetadata  # exactly what the model file carries
     calibration: Calibration
+    settings: FitSettings  # as trained: --batch-size auto and --lr auto resolved
     train_indices: NDArray[np.intp]  # rows of the data file trained on
     holdout_indices: NDArray[np.intp]  # rows held out for --fpr (empty otherwise)
+    validation_indices: NDArray[np.intp]  # rows held out for early stopping (empty: none)
+    skipped: tuple[str, ...]  # unreadable image files skipped with --skip-bad, one line each
     timings: Mapping[str, float]  # seconds per stage: read, train, export, calibrate, report
+
+    @property
+    def losses(self) -> tuple[float, ...]:
+        """Mean training loss per epoch run."""
+        return self.trained.losses
 
     @property
     def seconds(self) -> float:
@@ -126,18 +159,29 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         normal = _read(data, options)
     log.debug("%s: %d images, training on %d", data, len(normal.images), len(normal.train_rows))
 
+    batch_size = _batch_size(options, len(normal.train_rows))
+    lr = auto_lr(batch_size) if options.lr == "auto" else float(options.lr)
+    early_stopping = len(normal.validation_rows) > 0
+    epochs = auto_epochs(early_stopping) if options.epochs == "auto" else options.epochs
     with _timed(timings, "train"):
         settings = FitSettings(
-            epochs=options.epochs,
-            lr=options.lr,
-            batch_size=options.batch_size,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
             seed=options.seed,
             progress=options.progress,
+            patience=options.patience,
+            lr_drops=LR_DROPS,
         )
         trained = train(
-            options.arch, options.shape, options.arch_params, normal.train_pixels, settings
+            options.arch,
+            options.shape,
+            options.arch_params,
+            normal.train_pixels,
+            settings,
+            holdout=normal.images.pixels[normal.validation_rows],
         )
-    log.debug("trained %d epochs, final loss %.6g", options.epochs, trained.final_loss)
+    log.debug("trained %d epochs, kept %d", trained.epochs_run, trained.kept_epoch)
 
     calibration = fixed(options.threshold)
     metadata = ModelMetadata(
@@ -152,7 +196,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         created_at=datetime.now(UTC),
         final_loss=trained.final_loss,
         arch=options.arch,
-        arch_params=_arch_params(options),
+        arch_params=_arch_params(options, settings, trained),
     )
     report = None
     try:
@@ -172,30 +216,34 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         log.debug("wrote %s; threshold %s", out, calibration.describe())
         if options.report:
             with _timed(timings, "report"):
-                report = _report(out, normal, trained.losses, options)
+                report = _report(out, normal, trained, settings, options)
     except OSError as exc:
         raise OutputError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     return TrainResult(
         model_path=out,
         report_path=report,
         autoencoder=trained.autoencoder,
-        losses=trained.losses,
+        trained=trained,
         metadata=metadata,
         calibration=calibration,
+        settings=settings,
         train_indices=normal.train_rows,
         holdout_indices=normal.holdout_rows,
+        validation_indices=normal.validation_rows,
+        skipped=normal.images.skipped,
         timings=timings,
     )
 
 
 @dataclass(frozen=True)
 class _Normal:
-    """The normal images, their file's digest and the train / held-out split."""
+    """The normal images, their digest and the train / early-stopping / calibration split."""
 
     images: ImageSet
     sha256: str
     train_rows: NDArray[np.intp]
-    holdout_rows: NDArray[np.intp]
+    holdout_rows: NDArray[np.intp]  # calibration (--fpr)
+    validation_rows: NDArray[np.intp]  # early stopping
 
     @property
     def train_pixels(self) -> Pixels:
@@ -215,39 +263,77 @@ def _prepare_output(out: Path) -> None:
 
 
 def _read(data: Path, options: TrainOptions) -> _Normal:
-    images = read_images(data, options.shape)
-    try:
-        digest = hashlib.sha256(data.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise InputError(str(data), "file", exc.strerror or str(exc)) from None
+    images = read_images(data, options.shape, binarize=options.binarize, skip_bad=options.skip_bad)
+    digest = _digest(images)
+    count = len(images)
     if options.fpr is None:
-        return _Normal(images, digest, np.arange(len(images)), np.arange(0))
-    check_fpr(options.fpr, len(images), str(data))  # before any training time is spent
-    return _Normal(images, digest, *split_holdout(len(images), options.seed))
+        train_rows, holdout = np.arange(count), np.arange(0)
+    else:
+        check_fpr(options.fpr, count, str(data))  # before any training time is spent
+        train_rows, holdout = split_holdout(count, options.seed)
+    validation = train_rows[:0]
+    if options.patience > 0 and count >= EARLY_STOPPING_MIN:
+        if options.fpr is None:
+            train_rows, validation = validation_split(train_rows, options.seed, count)
+        else:
+            # The calibration split stops training too: holding out another tenth cost
+            # detection on the digits (see scaling.py), and choosing one epoch by mean
+            # loss barely moves a low similarity quantile.
+            validation = holdout
+    return _Normal(images, digest, train_rows, holdout, validation)
 
 
-def _arch_params(options: TrainOptions) -> dict[str, Any]:
+def _digest(images: ImageSet) -> str:
+    """sha256 of the file read; for several files, of their names and digests in order."""
+    try:
+        if len(images.files) == 1:
+            return hashlib.sha256(images.files[0].read_bytes()).hexdigest()
+        listing = hashlib.sha256()
+        for path in images.files:
+            listing.update(
+                f"{path.name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode()
+            )
+        return listing.hexdigest()
+    except OSError as exc:
+        raise InputError(str(exc.filename), "file", exc.strerror or str(exc)) from None
+
+
+def _batch_size(options: TrainOptions, training_images: int) -> int:
+    if options.batch_size == "auto":
+        return auto_batch_size(training_images)
+    return options.batch_size
+
+
+def _arch_params(options: TrainOptions, settings: FitSettings, trained: Trained) -> dict[str, Any]:
     """The architecture's hyper-parameters and the optimiser's, as recorded in the metadata."""
     return {
         **resolve_params(options.arch, options.arch_params),
-        "epochs": options.epochs,
-        "lr": options.lr,
-        "batch_size": options.batch_size,
+        "epochs": settings.epochs,  # the most epochs allowed
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
         "seed": options.seed,
+        "patience": options.patience,
+        "epochs_run": trained.epochs_run,
+        "epoch_kept": trained.kept_epoch,
     }
 
 
-def _report(out: Path, normal: _Normal, losses: tuple[float, ...], options: TrainOptions) -> Path:
+def _report(
+    out: Path, normal: _Normal, trained: Trained, settings: FitSettings, options: TrainOptions
+) -> Path:
     """Everything in the report that comes from the model is scored by the exported graph."""
     model = load_model(out)
-    trained = model.score(normal.train_pixels)
+    fitted = model.score(normal.train_pixels)
     held_out = len(normal.holdout_rows) > 0
-    scored = model.score(normal.images.pixels[normal.holdout_rows]) if held_out else trained
+    scored = model.score(normal.images.pixels[normal.holdout_rows]) if held_out else fitted
     shown = slice(0, MAX_EXAMPLES)
     data = ReportData(
-        losses=losses,
+        losses=trained.losses,
+        holdout_losses=trained.holdout_losses,
+        kept_epoch=trained.kept_epoch,
+        max_epochs=settings.epochs,
         inputs=normal.train_pixels[shown],
-        reconstructions=trained.reconstruction[shown],
+        reconstructions=fitted.reconstruction[shown],
         similarities=scored.similarity,
         similarities_of="held-out" if held_out else "training",
         threshold=model.metadata.threshold,

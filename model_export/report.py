@@ -1,4 +1,9 @@
-"""A one-page PNG report next to the model: loss curve, reconstructions, similarity histogram."""
+"""A one-page PNG report next to the model: loss curves, reconstructions, similarity histogram.
+
+The loss panel shows the training loss of every epoch run and, when training held images out
+for early stopping, their reconstruction loss beside it, with a line at the epoch whose
+weights were kept and the epoch where training stopped.
+"""
 
 import logging
 from collections.abc import Sequence
@@ -7,6 +12,7 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # an Agg figure without pyplot's global state
 from numpy.typing import NDArray
 
@@ -16,9 +22,12 @@ from service.scoring.similarity import MetricName
 MAX_EXAMPLES: Final = 6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReportData:
-    losses: Sequence[float]
+    losses: Sequence[float]  # training loss per epoch run
+    holdout_losses: Sequence[float] = ()  # early-stopping images' loss per epoch (or none)
+    kept_epoch: int = 0  # whose weights the model carries (0: the last)
+    max_epochs: int = 0  # --epochs (0: as many as were run)
     inputs: Pixels  # a handful of training images
     reconstructions: NDArray[np.float32]  # the graph's reconstructions of `inputs`
     similarities: NDArray[np.float32]  # of the held-out (or training) images
@@ -46,17 +55,20 @@ def write_report(path: Path, data: ReportData) -> Path:
 
 
 def _draw(path: Path, data: ReportData) -> Path:
+    figure = draw_report(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    return path
+
+
+def draw_report(data: ReportData) -> Figure:
     examples = min(MAX_EXAMPLES, len(data.inputs))
     columns = max(examples, 2)
     figure = Figure(figsize=(2.0 * max(columns, 4), 7.5), layout="constrained")
     figure.suptitle(data.title)
     grid = figure.add_gridspec(3, columns, height_ratios=[2.2, 1.0, 1.0])
 
-    loss_axes = figure.add_subplot(grid[0, : columns // 2])
-    epochs = np.arange(1, len(data.losses) + 1)
-    loss_axes.plot(epochs, np.maximum(np.asarray(data.losses), 1e-12))
-    loss_axes.set_yscale("log")
-    loss_axes.set(title="training loss", xlabel="epoch", ylabel="mean loss")
+    _draw_losses(figure.add_subplot(grid[0, : columns // 2]), data)
 
     histogram_axes = figure.add_subplot(grid[0, columns // 2 :])
     histogram_axes.hist(data.similarities, bins=min(40, max(5, len(data.similarities))))
@@ -80,6 +92,25 @@ def _draw(path: Path, data: ReportData) -> Path:
             axes.set_yticks([])
             if column == 0:
                 axes.set_ylabel(label)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    return path
+    return figure
+
+
+def _draw_losses(axes: Axes, data: ReportData) -> None:
+    run = len(data.losses)
+    epochs = np.arange(1, run + 1)
+    axes.plot(epochs, np.maximum(np.asarray(data.losses), 1e-12), label="training")
+    axes.set_yscale("log")
+    if not data.holdout_losses:
+        axes.set(title="training loss", xlabel="epoch", ylabel="mean loss")
+        return
+    held = np.maximum(np.asarray(data.holdout_losses), 1e-12)
+    axes.plot(np.arange(1, len(held) + 1), held, label="held-out (early stopping)")
+    kept = data.kept_epoch or run
+    axes.axvline(kept, color="green", linestyle="--", linewidth=1, label=f"kept: epoch {kept}")
+    if run < data.max_epochs:
+        axes.axvline(run, color="red", linestyle=":", linewidth=1, label=f"stopped: epoch {run}")
+        title = f"loss: stopped early at epoch {run} of {data.max_epochs}"
+    else:
+        title = f"loss: ran all {run} epochs"
+    axes.set(title=title, xlabel="epoch", ylabel="mean loss")
+    axes.legend(loc="upper right", fontsize="small")

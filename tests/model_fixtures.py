@@ -12,7 +12,8 @@ SAMPLES: Final = Path(__file__).resolve().parent.parent / "service" / "samples"
 SEED_TRAIN: Final = SAMPLES / "seed_train.txt"
 SEED_TEST: Final = SAMPLES / "seed_test.txt"
 # The course's set-up: 500 epochs, one Adam step per image, binary mode, Hamming at 0.60.
-SEED_OPTIONS: Final = TrainOptions(epochs=500, seed=0)
+SEED_EPOCHS: Final = 500
+SEED_OPTIONS: Final = TrainOptions(epochs=SEED_EPOCHS, seed=0)
 
 
 @functools.cache

@@ -126,9 +126,12 @@ def test_metadata_names_the_architecture_and_all_its_parameters(exported: TrainR
     assert metadata.arch_params == {
         **resolve_params(arch, GIVEN),
         "epochs": 3,
-        "lr": 1e-3,
+        "lr": 0.004,  # --lr auto: 0.001 x sqrt(16)
         "batch_size": 16,
         "seed": 7,
+        "patience": 50,
+        "epochs_run": 3,  # 48 images: too few to hold any out, so no early stopping
+        "epoch_kept": 3,
     }
     assert metadata.arch_params["code"] == 3
 

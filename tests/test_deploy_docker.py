@@ -19,7 +19,8 @@ import pytest
 from worker_harness import DOCKERFILE, REPO, Dockerfile, Instruction, parse_dockerfile
 
 HADOLINT: Final = Path(sys.executable).parent / "hadolint"
-TRAIN_PACKAGES: Final = ("torch", "onnx", "onnxscript", "matplotlib", "scikit-learn")
+# The worker image gets none of these (Pillow reads image files; the worker never does).
+TRAIN_PACKAGES: Final = ("torch", "onnx", "onnxscript", "matplotlib", "scikit-learn", "pillow")
 COMPILERS: Final = ("gcc", "g++", "cc ", "clang", "build-essential", "cmake", "make ", "gfortran")
 PACKAGE_MANAGERS: Final = ("apt-get", "apt ", "aptitude", "dpkg -i", "apk ", "yum", "dnf")
 USER_ID: Final = "10001"

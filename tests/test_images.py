@@ -49,9 +49,19 @@ def test_wrong_pixel_count_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "bad.txt", "# header\n" + SQUARE_LINE[:-1] + "\n")
     with pytest.raises(InputError) as info:
         read_images(path, SHAPE)
-    assert (
-        str(info.value)
-        == f"{path}:line 2: image block has 1 rows, expected 8 (8x8) or one image per line"
+    assert str(info.value) == (
+        f"{path}:line 2: line has 63 pixels, expected 64 (8x8) for one image per line, "
+        "or 8 per row of an image block"
+    )
+
+
+def test_short_image_block_says_how_many_rows_it_has(tmp_path: Path) -> None:
+    rows = SQUARE_LINE.split()
+    path = write(tmp_path, "bad.txt", "\n".join(rows[:3]) + "\n\n" + SQUARE_LINE + "\n")
+    with pytest.raises(InputError) as info:
+        read_images(path, SHAPE)
+    assert str(info.value) == (
+        f"{path}:line 1: image block has 3 rows, expected 8 (8x8) or one image per line"
     )
 
 

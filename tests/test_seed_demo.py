@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from model_export.export import ScoringGraph
 from model_export.train import FitSettings, train
-from model_fixtures import SEED_OPTIONS, SEED_TEST, SEED_TRAIN, seed_model_path  # noqa: F401
+from model_fixtures import SEED_EPOCHS, SEED_TEST, SEED_TRAIN, seed_model_path  # noqa: F401
 from service.scoring.images import ImageShape, read_images
 from service.scoring.model import ScoredBatch, load_model
 from service.scoring.similarity import METRICS, hamming
@@ -91,7 +91,7 @@ def test_only_the_corners_image_is_flagged(scored: ScoredBatch) -> None:
 def test_course_conclusions_hold_for_other_seeds(seed: int) -> None:
     # Seed 0 is the exported model above; the other seeds are scored by the same wrapper
     # module in torch (test_export checks it against the ONNX graph) to keep this quick.
-    settings = FitSettings(epochs=SEED_OPTIONS.epochs, seed=seed)
+    settings = FitSettings(epochs=SEED_EPOCHS, seed=seed)
     trained = train("dense", SHAPE, {}, TRAIN, settings)
     with torch.no_grad():
         outputs = ScoringGraph(trained.autoencoder, "binary")(torch.from_numpy(TEST))

@@ -55,8 +55,11 @@ def test_fpr_calibration_flags_that_fraction_of_held_out_normal_images(
     result = train_and_export(digits, tmp_path / "digits.onnx", options)
     held_out = len(result.holdout_indices)
     assert held_out == 359  # 20% of 1797
-    assert not set(result.train_indices) & set(result.holdout_indices)
-    assert len(result.train_indices) + held_out == 1797
+    # Two disjoint parts: trained on, and held out to stop training and calibrate.
+    train = set(result.train_indices)
+    assert np.array_equal(result.validation_indices, result.holdout_indices)
+    assert not train & set(result.holdout_indices)
+    assert len(train) + held_out == 1797
 
     model = load_model(result.model_path)
     assert model.metadata.threshold == result.calibration.threshold
@@ -176,12 +179,16 @@ def test_train_command_writes_a_loadable_model_and_a_summary(
     assert run(args) == 0
 
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "trained a dense autoencoder on 2 images (50 epochs, binary mode, seed 5)"
+    assert printed[0] == (
+        "trained a dense autoencoder on 2 images "
+        "(50 epochs, batch size 1, lr 0.001, binary mode, seed 5)"
+    )
     assert printed[1] == f"model      {out}"
     assert printed[2] == f"report     {out.with_suffix('.report.png')}"
     assert printed[3] == "threshold  0.7 on dice: anomaly if similarity < threshold"
     assert printed[4] == "chosen     given with --threshold"
-    assert printed[5].startswith("loss       ") and printed[6].startswith("time       ")
+    assert printed[5] == "epochs     50, no early stopping"
+    assert printed[6].startswith("loss       ") and printed[7].startswith("time       ")
     metadata = load_model(out).metadata
     assert (metadata.metric, metadata.threshold, metadata.arch_params["hidden"]) == ("dice", 0.7, 8)
     assert out.with_suffix(".report.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="training processes (results do not depend on it; default: %(default)s)",
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.jobs < 1:
             raise ProtocolError("--jobs must be >= 1")
         start = time.perf_counter()
-        runs = run_protocol(protocol, jobs=args.jobs, progress=True)
+        runs = run_protocol(protocol, jobs=args.jobs, progress=not args.no_progress)
         seconds = time.perf_counter() - start
         rows = summarise(runs, protocol)
         verdict = targets(rows, protocol)

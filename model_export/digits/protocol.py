@@ -14,8 +14,13 @@ from typing import Any, Final, Literal, get_args
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from sklearn.datasets import load_digits
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -24,6 +29,7 @@ from model_export.digits.baselines import BASELINES
 from model_export.export import ScoringGraph
 from model_export.train import FitSettings, train
 from service.errors import PixelwatchError
+from service.progress import progress_bar
 from service.scoring.images import ImageShape, Pixels
 from service.scoring.model import Mode
 from service.scoring.similarity import METRICS
@@ -232,14 +238,15 @@ def _seeded(settings: FitSettings, seed: int) -> FitSettings:
 
 @contextmanager
 def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
-    console = Console(stderr=True)
-    bar = Progress(
+    bar = progress_bar(
         TextColumn("training"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("runs"),
         TimeElapsedColumn(),
-        console=console,
-        disable=not (enabled and console.is_terminal),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        enabled=enabled,
     )
     with bar:
         task = bar.add_task("training", total=total)

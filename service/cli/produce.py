@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from rich.progress import Progress
 
+from service.cli.inputs import add_input_options, report_skipped
 from service.config import Settings
 from service.errors import PixelwatchError
 from service.kafka.options import client_options
@@ -26,14 +27,16 @@ from service.scoring.model import load_model
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="images: X/. text, .csv or .npy")
+    parser.add_argument(
+        "path", help="images: X/. text, .csv, .npy, PNG/JPEG, a folder of them or a quoted glob"
+    )
     parser.add_argument("--topic", help="input topic (default: PIXELWATCH_INPUT_TOPIC)")
     parser.add_argument("--bootstrap", help="Kafka servers (default: PIXELWATCH_BOOTSTRAP)")
     parser.add_argument(
-        "--count", type=int, help="messages to send, cycling the file (default: each once)"
+        "--count", type=int, help="images to send, cycling the file (default: each once)"
     )
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="messages per second (0: as fast as possible)"
+        "--rate", type=float, default=0.0, help="images per second (0: as fast as possible)"
     )
     parser.add_argument("--model", type=Path, help="take the image size from this model")
     parser.add_argument("--width", type=int, default=8)
@@ -41,6 +44,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--id-prefix", help="message ids are PREFIX-N (default: file name + run id)"
     )
+    add_input_options(parser)
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -131,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"bootstrap": args.bootstrap}.items() if v}
     settings = Settings(**overrides)
     shape = load_model(args.model).shape if args.model else ImageShape(args.width, args.height)
-    images = read_images(args.path, shape)
+    images = read_images(args.path, shape, binarize=args.binarize, skip_bad=args.skip_bad)
+    report_skipped(images.skipped, sys.stderr)
     count = args.count if args.count is not None else len(images)
     if count < 1:
         raise PixelwatchError("--count must be at least 1")

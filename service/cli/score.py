@@ -6,6 +6,7 @@ import sys
 import orjson
 from rich.console import Console
 
+from service.cli.inputs import add_input_options, report_skipped
 from service.errors import PixelwatchError
 from service.scoring.images import ImageShape, Pixels, read_images, render
 from service.scoring.model import ScoredBatch, load_model
@@ -13,7 +14,9 @@ from service.scoring.similarity import METRICS
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="images: X/. text, .csv or .npy")
+    parser.add_argument(
+        "path", help="images: X/. text, .csv, .npy, PNG/JPEG, a folder of them or a quoted glob"
+    )
     parser.add_argument(
         "--model", required=True, help="scoring graph (.onnx) from `pixelwatch train`"
     )
@@ -22,13 +25,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threshold", type=float, help="anomaly below this (default: the model's)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    add_input_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise PixelwatchError(f"--threshold {args.threshold} is outside [0, 1]")
     model = load_model(args.model)
-    images = read_images(args.path, model.shape)
+    images = read_images(args.path, model.shape, binarize=args.binarize, skip_bad=args.skip_bad)
+    report_skipped(images.skipped, sys.stderr)
     result = model.score(images.pixels, metric=args.metric, threshold=args.threshold)
     if args.json:
         _print_json(result, images.labels)

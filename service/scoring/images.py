@@ -1,7 +1,9 @@
-"""Reading and writing images: the course's X/. text, CSV rows and .npy arrays.
+"""Reading and writing images: the course's X/. text, CSV rows, .npy arrays and image files.
 
 Every reader returns float32 pixels of shape [N, width*height] in [0, 1] and refuses
-malformed input with an `InputError` naming the file and line (or row, or index).
+malformed input with an `InputError` naming the file and line (or row, or index). PNG and
+JPEG files (a folder, a glob pattern or one file) are read by `image_files`, which imports
+Pillow only when it is needed.
 
 >>> parse_art("X. .X", ImageShape(2, 2)).tolist()
 [1.0, 0.0, 0.0, 1.0]
@@ -41,11 +43,17 @@ class ImageShape:
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images read from one source; `labels[i]` says where image i came from."""
+    """Images read from one source; `labels[i]` says where image i came from.
+
+    `files` are the files read (one, or the image files of a folder or pattern); `skipped`
+    has one line per unreadable image file left out because skipping was asked for.
+    """
 
     pixels: Pixels
     source: str
     labels: tuple[str, ...]
+    files: tuple[Path, ...] = ()
+    skipped: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -123,6 +131,13 @@ def _read_text(path: Path, shape: ImageShape) -> ImageSet:
         else:
             # Unknown characters are reported here, before any count mismatch.
             parse_art(line, ImageShape(pixels, 1), source=str(path), where=f"line {number}")
+            if not block and pixels != shape.width:
+                raise InputError(
+                    str(path),
+                    f"line {number}",
+                    f"line has {pixels} pixels, expected {shape.size} ({shape}) for one image "
+                    f"per line, or {shape.width} per row of an image block",
+                )
             block.append((number, line))
             if len(block) == shape.height:
                 flush_block()
@@ -178,20 +193,50 @@ def _read_npy(path: Path, shape: ImageShape) -> ImageSet:
     array = array.astype(np.float32)
     for index, row in enumerate(array):
         check_values(row, shape, str(path), f"index {index}")
-    return ImageSet(array, str(path), tuple(f"index {i}" for i in range(len(array))))
+    labels = tuple(f"index {i}" for i in range(len(array)))
+    return ImageSet(array, str(path), labels, (path,))
 
 
 def _finish(images: list[Pixels], labels: list[str], path: Path, shape: ImageShape) -> ImageSet:
     if not images:
         raise InputError(str(path), "file", "contains no images")
-    return ImageSet(np.stack(images).astype(np.float32), str(path), tuple(labels))
+    return ImageSet(np.stack(images).astype(np.float32), str(path), tuple(labels), (path,))
 
 
-def read_images(path: Path | str, shape: ImageShape = ImageShape()) -> ImageSet:
-    """Read images by file suffix: .npy, .csv, anything else is X/. text."""
+def read_images(
+    path: Path | str,
+    shape: ImageShape = ImageShape(),
+    *,
+    binarize: float | None = None,
+    skip_bad: bool = False,
+) -> ImageSet:
+    """Read images from a file (by suffix: .npy, .csv, .png/.jpg/.jpeg, anything else is X/.
+    text), a folder of PNG/JPEG files or a glob pattern matching them.
+
+    `binarize` T maps values >= T to 1 and the others to 0. `skip_bad` leaves unreadable
+    image files out (listed in `skipped`) instead of failing on the first.
+    """
+    from service.scoring import image_files  # the module that may need Pillow
+
+    source = str(path)
     path = Path(path)
-    if not path.is_file():
-        raise InputError(str(path), "file", "no such file")
+    if path.is_dir() or (not path.exists() and image_files.is_pattern(source)):
+        images = _read_image_files(image_files.find_files(source), shape, source, skip_bad)
+    elif not path.exists():
+        raise InputError(source, "file", "no such file")
+    elif not path.is_file():
+        raise InputError(source, "file", "not a regular file")
+    elif image_files.is_image_file(path):
+        images = _read_image_files([path], shape, source, skip_bad=False)
+    else:
+        images = _read_data_file(path, shape)
+    if binarize is not None:
+        pixels = (images.pixels >= binarize).astype(np.float32)
+        images = ImageSet(pixels, images.source, images.labels, images.files, images.skipped)
+    return images
+
+
+def _read_data_file(path: Path, shape: ImageShape) -> ImageSet:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -201,6 +246,17 @@ def read_images(path: Path | str, shape: ImageShape = ImageShape()) -> ImageSet:
         return _read_text(path, shape)
     except UnicodeDecodeError as exc:
         raise InputError(str(path), f"byte {exc.start}", "not UTF-8 text") from None
+
+
+def _read_image_files(
+    files: list[Path], shape: ImageShape, source: str, skip_bad: bool
+) -> ImageSet:
+    from service.scoring import image_files
+
+    pixels, read, skipped = image_files.read_files(files, shape, source=source, skip_bad=skip_bad)
+    folder = Path(source) if Path(source).is_dir() else None
+    labels = tuple(str(p.relative_to(folder)) if folder else str(p) for p in read)
+    return ImageSet(np.stack(pixels), source, labels, tuple(read), tuple(skipped))
 
 
 def render(pixels: NDArray[np.floating], shape: ImageShape, cut: float = 0.5) -> list[str]:
