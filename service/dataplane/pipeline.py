@@ -18,6 +18,7 @@ from confluent_kafka import Message
 from numpy.typing import NDArray
 
 from service.dataplane.decode import WHOLE, Decoded, Decoder, Reject, out_of_range, value_problem
+from service.dataplane.shadow import ShadowVerdicts
 from service.schemas import (
     HEADER_FAILED_AT,
     HEADER_INDEX,
@@ -97,6 +98,12 @@ class BatchResult:
     ts_ms: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     headers: list[Header] = field(default_factory=list)
     detected_at: str = ""
+    # Row i of these is scored image i (as in `similarity`): what a shadow model needs to
+    # score the same images without decoding them again.
+    pixels: NDArray[np.float32] = field(default_factory=lambda: np.empty((0, 0), np.float32))
+    anomaly: NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
+    keys: list[bytes] = field(default_factory=list)
+    shadow: ShadowVerdicts | None = None  # set by the data plane when a shadow scores
 
     @property
     def scored(self) -> int:
@@ -163,6 +170,11 @@ class BatchScorer:
         if parts:
             result.similarity = np.concatenate([p.similarity for p in parts])
             result.ts_ms = np.concatenate([p.ts_ms for p in parts])
+            scored = [p for p in parts if p.scored]
+            if scored:
+                result.pixels = np.concatenate([p.pixels for p in scored])
+                result.anomaly = np.concatenate([p.anomaly for p in scored])
+            result.keys = [key for p in parts for key in p.keys]
         return result
 
     def _process(self, messages: Sequence[Message]) -> BatchResult:
@@ -214,6 +226,7 @@ class BatchScorer:
         scores = [dict(zip(METRICS, values, strict=True)) for values in zip(*columns, strict=True)]
         sims = similarity.tolist()
         ts_ms: list[int] = []
+        keys: list[bytes] = []
         compact = self.scores_format == "compact"
         full_scores = self.scores_format == "full"
         full_anomalies = self.anomalies_format == "full"
@@ -235,6 +248,7 @@ class BatchScorer:
                 source["index"] = index
             flagged = anomaly[row]
             key = ident.encode()
+            keys.append(key)
             body = {
                 "id": ident,
                 "anomaly": flagged,
@@ -258,6 +272,9 @@ class BatchScorer:
                 result.anomalies.append((key, value))
         result.similarity = similarity
         result.ts_ms = np.asarray(ts_ms, dtype=np.int64)
+        result.pixels = decoded.pixels
+        result.anomaly = scored.anomaly
+        result.keys = keys
 
     def _full(
         self,
