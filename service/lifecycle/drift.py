@@ -160,6 +160,7 @@ class Window(BaseModel):
     model: ModelRef
     slot_seconds: float = Field(gt=0)
     slots: list[Slot] = Field(default_factory=list)
+    workers: dict[str, float] = Field(default_factory=dict)  # worker -> time of its last chunk
 
     def add(self, chunk: Chunk) -> None:
         self.model = chunk.model  # the newest say on threshold and metric
@@ -178,6 +179,7 @@ class Window(BaseModel):
         """Forget slots that ended more than a window ago."""
         oldest = now - self.slot_seconds * (SLOTS + 1)
         self.slots = [s for s in self.slots if s.start > oldest]
+        self.workers = {w: at for w, at in self.workers.items() if at > oldest}
 
     def total(self, now: float) -> Tally:
         """The window's slots summed, the ones that ended more than a window ago left out."""
