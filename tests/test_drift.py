@@ -81,10 +81,13 @@ MODEL = ModelRef(
 )  # fmt: skip
 
 
+SEQ = iter(range(1_000_000))
+
+
 def chunk(at: float, worker: str = "w1", model: ModelRef = MODEL, **kwargs: int) -> Chunk:
     tally = Tally()
     tally.add_counts(counts(**kwargs), anomalies=kwargs.get("b40", 0))
-    return Chunk(model=model, worker=worker, at=at, tally=tally)
+    return Chunk(model=model, worker=worker, seq=next(SEQ), at=at, tally=tally)
 
 
 def test_the_window_sums_the_chunks_of_every_worker_per_slot() -> None:
@@ -96,6 +99,17 @@ def test_the_window_sums_the_chunks_of_every_worker_per_slot() -> None:
     total = window.total(6065.0)
     assert (total.images, total.anomalies) == (40, 5)
     assert total.dense().tolist() == counts(b95=35, b40=5).tolist()
+
+
+def test_a_chunk_read_again_after_a_crash_counts_once() -> None:
+    window = Window(model=MODEL, slot_seconds=60.0)
+    first, second = chunk(6000.0, b95=10), chunk(6001.0, b95=5)
+    assert window.add(first) and window.add(second)
+    assert not window.add(first) and not window.add(second)
+    assert window.total(6001.0).images == 15
+    other = chunk(6002.0, "w2", b95=1)
+    other.seq = first.seq  # sequence numbers are per worker
+    assert window.add(other) and window.total(6002.0).images == 16
 
 
 def test_slots_older_than_the_window_are_left_out_and_forgotten() -> None:

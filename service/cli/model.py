@@ -412,10 +412,17 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
     }
     live = state.live
     window = windows.get(live.sha256) if live else None
+    if window is None and live is None and windows:
+        # Nothing published: the workers score with their model file. Its window is the one
+        # updated last.
+        window = max(windows.values(), key=lambda w: max(w.workers.values(), default=0.0))
     if window is not None:
-        summary = summarise(window, now, settings.drift_min_images)
+        # Everything the window holds, however few images (the text says when they are few).
+        summary = summarise(window, now, 1)
         seconds = window.slot_seconds * SLOTS
         report["window"] = {
+            "version": window.model.version,
+            "sha256": window.model.sha256,
             "seconds": seconds,
             "images": summary.images,
             "workers": sorted(w for w, at in window.workers.items() if at > now - seconds),
@@ -445,20 +452,26 @@ async def status(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     age = f", updated {now - info['updated']:.0f} s ago" if info["updated"] else ""
     workers = ", ".join(clean(w, 60) for w in info["workers"]) or "none recently"
+    if live is None:
+        model = f"{clean(info['version'], 64)} ({clean(info['sha256'], 64)[:12]})"
+        print(f"  scoring   {model}, from the workers' model file")
     print(f"  window    last {info['seconds']:.0f} s: {info['images']:,} images ({workers}){age}")
     if info["anomaly_rate"] is not None:
         fpr = info["fpr"]
         calibrated = f" (on normal images at export: {fpr:.1%})" if fpr is not None else ""
         print(f"  anomalies {info['anomaly_rate']:.1%} of the window{calibrated}")
     if info["drift"] is not None:
+        few = (
+            f"; few images: workers report it from {info['min_images']}"
+            if info["images"] < info["min_images"]
+            else ""
+        )
         print(
             f"  drift     {info['drift']:.3f} KS distance to {info['reference_images']} "
-            f"{info['reference']} normal images (1% critical value {info['critical']:.3f})"
+            f"{info['reference']} normal images (1% critical value {info['critical']:.3f}{few})"
         )
-    elif info["reference"] is None:
-        print("  drift     no reference (the model has no similarity histogram)")
     else:
-        print(f"  drift     not yet: the window needs {info['min_images']} images")
+        print("  drift     no reference (the model has no similarity histogram)")
     for sha, tally in info["shadow"].items():
         if state.shadow is None or sha != state.shadow.sha256 or not tally["images"]:
             continue

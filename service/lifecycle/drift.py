@@ -148,6 +148,7 @@ class Chunk(BaseModel):
 
     model: ModelRef
     worker: str
+    seq: int = Field(ge=0)  # per worker: a chunk read twice (after a crash) counts once
     at: float  # epoch seconds at the end of the chunk
     tally: Tally
 
@@ -161,8 +162,14 @@ class Window(BaseModel):
     slot_seconds: float = Field(gt=0)
     slots: list[Slot] = Field(default_factory=list)
     workers: dict[str, float] = Field(default_factory=dict)  # worker -> time of its last chunk
+    seen: dict[str, int] = Field(default_factory=dict)  # worker -> seq of its last chunk
 
-    def add(self, chunk: Chunk) -> None:
+    def add(self, chunk: Chunk) -> bool:
+        """Add `chunk` to its slot; False (and nothing added) for a chunk seen before."""
+        if chunk.seq <= self.seen.get(chunk.worker, -1):
+            return False
+        self.seen[chunk.worker] = chunk.seq
+        self.workers[chunk.worker] = chunk.at
         self.model = chunk.model  # the newest say on threshold and metric
         start = math.floor(chunk.at / self.slot_seconds) * self.slot_seconds
         for slot in self.slots:
@@ -174,12 +181,14 @@ class Window(BaseModel):
             slot.add(chunk.tally)
             self.slots.append(slot)
             self.slots.sort(key=lambda s: s.start)
+        return True
 
     def expire(self, now: float) -> None:
         """Forget slots that ended more than a window ago."""
         oldest = now - self.slot_seconds * (SLOTS + 1)
         self.slots = [s for s in self.slots if s.start > oldest]
         self.workers = {w: at for w, at in self.workers.items() if at > oldest}
+        self.seen = {w: seq for w, seq in self.seen.items() if w in self.workers}
 
     def total(self, now: float) -> Tally:
         """The window's slots summed, the ones that ended more than a window ago left out."""

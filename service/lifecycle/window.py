@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -75,7 +76,9 @@ def model_ref(scorer: BatchScorer) -> ModelRef:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process, uniquely: a restarted container may get the same host name and pid, and
+    its chunk numbers start again at 0."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
 
 class DriftReporter(Collector):
@@ -101,6 +104,7 @@ class DriftReporter(Collector):
         self._ref: ModelRef | None = None  # data plane thread
         self._shadow: ShadowScorer | None = None  # data plane thread
         self._pending: dict[str, tuple[ModelRef, Tally]] = {}  # event loop
+        self._seq = 0  # event loop
         app.agent(self.topic, name="pixelwatch-model-windows")(self._windows)
         app.timer(settings.drift_interval, name="pixelwatch-model-chunks")(self._flush)
 
@@ -155,7 +159,8 @@ class DriftReporter(Collector):
         pending, self._pending = self._pending, {}
         now = time.time()
         for sha, (ref, tally) in pending.items():
-            chunk = Chunk(model=ref, worker=self.worker, at=now, tally=tally)
+            chunk = Chunk(model=ref, worker=self.worker, seq=self._seq, at=now, tally=tally)
+            self._seq += 1
             await self.topic.send(key=sha.encode(), value=chunk.model_dump_json().encode())
 
     async def _windows(self, stream: Any) -> None:
@@ -174,8 +179,8 @@ class DriftReporter(Collector):
                     window = Window.model_validate_json(raw)
             if window is None:
                 window = Window(model=chunk.model, slot_seconds=self.slot_seconds)
-            window.add(chunk)
-            window.workers[chunk.worker] = chunk.at
+            if not window.add(chunk):
+                continue  # read again after a crash: already in the window
             window.expire(chunk.at)
             self.table[key] = window.model_dump_json().encode()
 
