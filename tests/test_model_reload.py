@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -24,7 +23,14 @@ from service.samples import SEED_TEST, SEED_TRAIN
 from service.schemas import HEADER_MODEL_SHA256, HEADER_MODEL_VERSION
 from service.scoring.images import read_images
 from service.scoring.model import Model, load_model
-from worker_harness import WorkerProcess, WorkerTopics, consume_until, metric_value, produce
+from worker_harness import (
+    WorkerProcess,
+    WorkerTopics,
+    consume_until,
+    metric_value,
+    pixelwatch_model,
+    produce,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -41,18 +47,6 @@ def v2(candidate_model_path: Path, v1: Model) -> Model:
     model = load_model(candidate_model_path)
     assert model.version != v1.version
     return model
-
-
-async def pixelwatch_model(bootstrap: str, topics: WorkerTopics, *args: str) -> str:
-    """`pixelwatch model ARGS` in a subprocess, while the test's own tasks go on."""
-    env = {**os.environ, "PIXELWATCH_BOOTSTRAP": bootstrap, **topics.env()}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "model", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, err.decode()
-    return out.decode()
 
 
 def pool() -> np.ndarray:

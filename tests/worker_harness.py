@@ -151,6 +151,19 @@ async def produce(bootstrap: str, topic: str, messages: Iterable[Outgoing]) -> N
         await producer.stop()
 
 
+async def pixelwatch_model(bootstrap: str, topics: WorkerTopics, *args: str) -> str:
+    """`pixelwatch model ARGS` on the test's topics, in a subprocess, while the test's own
+    tasks go on; its output (it must succeed)."""
+    env = {**os.environ, "PIXELWATCH_BOOTSTRAP": bootstrap, **topics.env()}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "model", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
 def metric_value(worker: "WorkerProcess", name: str, **labels: str) -> float | None:
     """One sample from the worker's /metrics page (None: not exported)."""
     port = worker.env["PIXELWATCH_METRICS_PORT"]
