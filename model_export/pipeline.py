@@ -2,7 +2,9 @@
 
 The order matters: the graph is exported first, the threshold is then calibrated by scoring
 held-out images with the runtime's own `load_model(...).score(...)`, written into the graph's
-metadata, and only then does the file appear at its final path (an atomic rename).
+metadata with the reference data for checks in service (golden images, the similarity
+histogram: model_export/reference.py), and only then does the file appear at its final path
+(an atomic rename).
 """
 
 import hashlib
@@ -31,6 +33,7 @@ from model_export.calibrate import (
     split_holdout,
 )
 from model_export.export import export_scoring_graph, write_metadata
+from model_export.reference import with_reference
 from model_export.report import MAX_EXAMPLES, ReportData, report_path, write_report
 from model_export.scaling import (
     DEFAULT_PATIENCE,
@@ -137,7 +140,8 @@ class TrainResult:
     holdout_indices: NDArray[np.intp]  # rows held out for --fpr (empty otherwise)
     validation_indices: NDArray[np.intp]  # rows held out for early stopping (empty: none)
     skipped: tuple[str, ...]  # unreadable image files skipped with --skip-bad, one line each
-    timings: Mapping[str, float]  # seconds per stage: read, train, export, calibrate, report
+    # Seconds per stage: read, train, export, calibrate, reference, report.
+    timings: Mapping[str, float]
 
     @property
     def losses(self) -> tuple[float, ...]:
@@ -213,6 +217,12 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
                         {**metadata.model_dump(), "threshold": calibration.threshold}
                     )
                     write_metadata(staging, metadata)
+            with _timed(timings, "reference"):
+                held_out = normal.images.pixels[normal.holdout_rows]
+                metadata = with_reference(
+                    staging, metadata, normal.train_pixels, held_out, options.seed
+                )
+                write_metadata(staging, metadata)
         log.debug("wrote %s; threshold %s", out, calibration.describe())
         if options.report:
             with _timed(timings, "report"):

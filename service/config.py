@@ -12,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from service.schemas import OutputFormat
 from service.scoring.similarity import MetricName
 
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
+"""A model name is a key on the models topic; `#` and `@` stay free for the keys derived from
+it (its shadow, its archived versions)."""
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
@@ -61,6 +65,32 @@ class Settings(BaseSettings):
         65_536, ge=64, le=100_000_000, description="larger payloads go to the DLQ"
     )
     onnx_threads: int = Field(1, ge=1)
+
+    # Model lifecycle: models published on a topic, shadow scoring, drift
+    model_name: str = Field(
+        "default",
+        pattern=MODEL_NAME_PATTERN,
+        description="the model this worker follows on the models topic",
+    )
+    models_topic: str = Field(
+        "pixelwatch.models", description="compacted topic of published models (all workers read it)"
+    )
+    shadow_topic: str = Field("pixelwatch.shadow", description="a shadow model's verdicts")
+    model_poll_interval: float = Field(
+        5.0, gt=0.0, le=3600.0, description="seconds between checks of the model file for changes"
+    )
+    drift_window: float = Field(
+        3600.0, ge=60.0, le=7 * 86_400.0, description="seconds of live similarities drift covers"
+    )
+    drift_interval: float = Field(
+        10.0, gt=0.0, le=600.0, description="seconds between a worker's updates of the window"
+    )
+    drift_min_images: int = Field(
+        500, ge=1, description="images the window needs before drift is reported"
+    )
+    suggest_threshold: bool = Field(
+        False, description="export a suggested threshold (never applied by the worker)"
+    )
 
     # Outputs and delivery
     scores_format: OutputFormat = Field(
@@ -132,8 +162,18 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name} {path} does not exist")
-        if len({self.input_topic, self.anomalies_topic, self.scores_topic, self.dlq_topic}) < 4:
-            raise ValueError("input, anomalies, scores and DLQ topics must all be different")
+        topics = [
+            self.input_topic,
+            self.anomalies_topic,
+            self.scores_topic,
+            self.dlq_topic,
+            self.shadow_topic,
+            self.models_topic,
+        ]
+        if len(set(topics)) < len(topics):
+            raise ValueError(
+                "input, anomalies, scores, DLQ, shadow and models topics must all be different"
+            )
         return self
 
     @property

@@ -10,7 +10,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from browser_harness import browser  # noqa: F401  # headless chromium, for the page's tests
-from model_fixtures import seed_model_path  # noqa: F401  # shared trained-model fixture
+from model_fixtures import (  # noqa: F401  # shared trained-model fixtures
+    candidate_model_path,
+    seed_model_path,
+)
 from service.kafka.broker import LocalBroker, free_port
 from worker_harness import WorkerProcess, WorkerTopics, worker_env
 

@@ -54,3 +54,18 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         "peak RSS <= 300 MB",
         "own cost <= 6 us per JSON message",
     }
+
+
+def test_the_shadow_cost_measurement_reports_both_variants_and_their_ratio(
+    seed_model_path: Path, candidate_model_path: Path
+) -> None:
+    from benchmarks.shadow_cost import shadow_cost
+
+    figures = shadow_cost(seed_model_path, candidate_model_path, batch_size=20, batches=3, rounds=1)
+    assert (figures["batch_size"], figures["batches"], figures["rounds"]) == (20, 3, 1)
+    for name in ("us_per_image_live", "us_per_image_with_shadow", "ratio",
+                 "us_per_image_shadow_onnx_call"):  # fmt: skip
+        assert figures[name] > 0 and math.isfinite(figures[name]), name
+    assert figures["ratio"] == pytest.approx(
+        figures["us_per_image_with_shadow"] / figures["us_per_image_live"]
+    )

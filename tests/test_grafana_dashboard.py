@@ -10,6 +10,9 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
+from service.config import Settings
+from service.controlplane.app import create_app
+from service.lifecycle.window import DriftReporter
 from service.observability.metrics import WorkerMetrics
 
 GRAFANA = Path(__file__).resolve().parents[1] / "deploy" / "grafana"
@@ -68,6 +71,14 @@ def test_the_issues_panels_are_all_there() -> None:
         "Model per worker": "table",
         "Consumed, committed and unconfirmed": "timeseries",
         "Outputs refused by the broker per second": "timeseries",
+        "Similarity drift (KS distance to normal images)": "timeseries",
+        "Anomaly rate over the drift window": "timeseries",
+        "Images in the drift window": "stat",
+        "Suggested threshold (not applied)": "stat",
+        "Models offered to the workers, by result": "timeseries",
+        "Shadow model: verdicts agreeing with the live model": "timeseries",
+        "Shadow minus live similarity p5 / p50 / p95": "timeseries",
+        "Model version over time": "timeseries",
     }
 
 
@@ -95,6 +106,24 @@ def test_the_anomaly_rate_panel_marks_the_alert_threshold() -> None:
     [panel] = [p for p in panels() if p["title"] == "Anomaly rate"]
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [s["value"] for s in steps] == [None, float(alert.group(1))]
+
+
+def test_the_drift_panel_marks_the_drift_alert_threshold() -> None:
+    alert = re.search(r"> ([0-9.]+)\s+# THRESHOLD: KS distance", ALERTS.read_text())
+    assert alert, "alerts.yml lost its marked drift threshold"
+    [panel] = [p for p in panels() if p["title"].startswith("Similarity drift")]
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps] == [None, float(alert.group(1))]
+
+
+def test_every_drift_metric_is_on_a_panel() -> None:
+    settings = Settings(suggest_threshold=True)
+    reporter = DriftReporter(create_app(settings), settings)
+    families = {m.name for m in reporter.collect()}
+    assert len(families) == 4, families
+    exprs = " ".join(t["expr"] for p in panels() for t in p["targets"])
+    missing = {f for f in families if not re.search(rf"\b{f}\b", exprs)}
+    assert not missing, f"metrics without a panel: {missing}"
 
 
 def test_provisioning_points_grafana_at_prometheus_and_the_dashboard_folder() -> None:

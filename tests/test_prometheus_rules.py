@@ -38,7 +38,7 @@ def test_prometheus_config_is_valid_and_loads_the_alert_rules(promtool: str) -> 
 
 def test_alert_rules_are_valid(promtool: str) -> None:
     output = run(promtool, "check", "rules", "alerts.yml")
-    assert "SUCCESS: 6 rules found" in output
+    assert "SUCCESS: 8 rules found" in output
 
 
 def test_alert_rule_unit_tests_pass(promtool: str) -> None:
@@ -59,6 +59,8 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
         "PixelwatchNoWorkers",
         "PixelwatchConsumerLagGrowing",
         "PixelwatchNotProcessing",
+        "PixelwatchSimilarityDrift",
+        "PixelwatchModelRefused",
     }
     assert firing == alerts, f"no firing case for {alerts - firing}"
     assert quiet == alerts, f"no quiet case for {alerts - quiet}"

@@ -1,6 +1,7 @@
 """The probes, the page and its live stream on a real aiohttp server, over real HTTP."""
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterator
 
@@ -164,6 +165,26 @@ async def test_the_stream_sends_a_snapshot_then_each_new_anomaly_from_the_data_p
     stats = await next_event(response, "stats")
     assert isinstance(stats, dict) and stats["scored"] == 13 and stats["anomalies"] == 3
     response.close()
+
+
+async def test_a_model_swapped_in_on_the_data_path_thread_reaches_open_pages(
+    client: Client, feed: AnomalyFeed
+) -> None:
+    response = await client.get("/events")
+    await next_event(response, "snapshot")
+    newer = dataclasses.replace(MODEL, version="20261203T090000Z", sha256="77" * 32)
+    swap = threading.Thread(target=feed.set_model, args=(newer,))
+    swap.start()
+    config = await next_event(response, "config")
+    swap.join()
+    assert isinstance(config, dict)
+    assert config["model"]["version"] == "20261203T090000Z"
+    assert config["model"]["sha256"] == "77" * 32
+    response.close()
+    again = await client.get("/events")  # a page opened later starts with it
+    snapshot = await next_event(again, "snapshot")
+    assert isinstance(snapshot, dict) and snapshot["config"]["model"]["version"] == newer.version
+    again.close()
 
 
 async def test_a_payload_with_line_breaks_and_markup_stays_one_event_line(

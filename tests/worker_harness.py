@@ -47,13 +47,27 @@ class WorkerTopics:
     def dlq(self) -> str:
         return f"dlq-{self.run}"
 
+    @property
+    def shadow(self) -> str:
+        return f"shadow-{self.run}"
+
+    @property
+    def models(self) -> str:
+        return f"models-{self.run}"
+
+    @property
+    def group(self) -> str:
+        return f"group-{self.run}"
+
     def env(self) -> dict[str, str]:
         return {
             "PIXELWATCH_INPUT_TOPIC": self.images,
             "PIXELWATCH_ANOMALIES_TOPIC": self.anomalies,
             "PIXELWATCH_SCORES_TOPIC": self.scores,
             "PIXELWATCH_DLQ_TOPIC": self.dlq,
-            "PIXELWATCH_GROUP_ID": f"group-{self.run}",
+            "PIXELWATCH_SHADOW_TOPIC": self.shadow,
+            "PIXELWATCH_MODELS_TOPIC": self.models,
+            "PIXELWATCH_GROUP_ID": self.group,
         }
 
 
@@ -82,6 +96,22 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        """Wait until the worker runs: its HTTP port answers /healthz (a signal before that
+        meets an interpreter still importing, which dies of it)."""
+        url = f"http://127.0.0.1:{self.env['PIXELWATCH_METRICS_PORT']}/healthz"
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.alive(), f"the worker exited: {self.output()[-2000:]}"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the worker did not start serving"
+            time.sleep(0.2)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -119,6 +149,19 @@ async def produce(bootstrap: str, topic: str, messages: Iterable[Outgoing]) -> N
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def pixelwatch_model(bootstrap: str, topics: WorkerTopics, *args: str) -> str:
+    """`pixelwatch model ARGS` on the test's topics, in a subprocess, while the test's own
+    tasks go on; its output (it must succeed)."""
+    env = {**os.environ, "PIXELWATCH_BOOTSTRAP": bootstrap, **topics.env()}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "model", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
 
 
 def metric_value(worker: "WorkerProcess", name: str, **labels: str) -> float | None:

@@ -33,6 +33,8 @@ DATASOURCE: Final = model.DataSourceRef(type_val="prometheus", uid="${datasource
 
 ANOMALY_SHARE_ALERT: Final = 0.2
 """The share PixelwatchAnomalyRateHigh fires above (deploy/prometheus/alerts.yml)."""
+DRIFT_ALERT: Final = 0.2
+"""The KS distance PixelwatchSimilarityDrift fires above (deploy/prometheus/alerts.yml)."""
 
 # `$__rate_interval` is at least four scrape intervals, so rate() always has two samples.
 RATE: Final = "$__rate_interval"
@@ -327,6 +329,134 @@ def delivery_failures() -> timeseries.Panel:
     ).span(6)
 
 
+def alert_line(panel: timeseries.Panel, value: float) -> timeseries.Panel:
+    """A dashed red line where an alert fires."""
+    return panel.thresholds(
+        dashboard.ThresholdsConfig()
+        .mode(model.ThresholdsMode.ABSOLUTE)
+        .steps(
+            [model.Threshold(value=None, color="green"), model.Threshold(value=value, color="red")]
+        )
+    ).thresholds_style(
+        common.GraphThresholdsStyleConfig().mode(common_model.GraphThresholdsStyleMode.DASHED)
+    )
+
+
+def drift() -> timeseries.Panel:
+    return alert_line(
+        graph(
+            "Similarity drift (KS distance to normal images)",
+            "Per live model version: the largest gap between the share of the drift window's "
+            "images and the share of the model's normal reference images below any similarity "
+            "(two-sample KS distance). The dashed line is the alert threshold.",
+            [query("max by (version) (pixelwatch_similarity_drift)", "{{version}}")],
+            "none",
+        )
+        .min(0)
+        .max(1),
+        DRIFT_ALERT,
+    )
+
+
+def window_anomaly_rate() -> timeseries.Panel:
+    return graph(
+        "Anomaly rate over the drift window",
+        "Share of the drift window's images (PIXELWATCH_DRIFT_WINDOW, all workers) flagged, "
+        "per live model version. Compare with the model's false-positive rate on normal images.",
+        [query("max by (version) (pixelwatch_anomaly_rate)", "{{version}}")],
+        "percentunit",
+    ).min(0)
+
+
+def window_images() -> stat.Panel:
+    return single(
+        "Images in the drift window",
+        "Scored images the drift window holds; drift is reported from PIXELWATCH_DRIFT_MIN_IMAGES.",
+        query("max(pixelwatch_drift_window_images)", "images"),
+        "short",
+    ).span(4)
+
+
+def suggested_threshold() -> stat.Panel:
+    return (
+        single(
+            "Suggested threshold (not applied)",
+            "The threshold that would flag the model's calibrated false-positive rate of the drift "
+            "window, when PIXELWATCH_SUGGEST_THRESHOLD is on. Workers never apply it.",
+            query("max(pixelwatch_suggested_threshold)", "suggested"),
+            "none",
+        )
+        .decimals(2)
+        .span(4)
+    )
+
+
+def reloads() -> timeseries.Panel:
+    return graph(
+        "Models offered to the workers, by result",
+        "Models validated by the workers (published, promoted, rolled back, a changed file): ok, "
+        "or the check that refused it. A refused model leaves the live one scoring.",
+        [
+            query(
+                f"sum by (result) (increase(pixelwatch_model_reloads_total[{RATE}]))",
+                "{{result}}",
+            )
+        ],
+        "short",
+    )
+
+
+def shadow_agreement() -> timeseries.Panel:
+    agree = (
+        f'sum(rate(pixelwatch_shadow_verdicts_total{{verdict=~"both_.*"}}[{RATE}]))'
+        f" / sum(rate(pixelwatch_shadow_verdicts_total[{RATE}]))"
+    )
+    return graph(
+        "Shadow model: verdicts agreeing with the live model",
+        "Share of images on which the shadow model and the live model agree (both normal or "
+        "both anomalous), and the shares flagged by only one of them.",
+        [
+            query(agree, "agree", "A"),
+            query(
+                f'sum by (verdict) (rate(pixelwatch_shadow_verdicts_total{{verdict=~".*_only"}}'
+                f"[{RATE}])) / scalar(sum(rate(pixelwatch_shadow_verdicts_total[{RATE}])))",
+                "{{verdict}}",
+                "B",
+            ),
+        ],
+        "percentunit",
+    ).min(0)
+
+
+def shadow_difference() -> timeseries.Panel:
+    def q(level: float, ref: str) -> Target:
+        expr = (
+            f"histogram_quantile({level}, sum by (le) "
+            f"(rate(pixelwatch_shadow_similarity_difference_bucket[{RATE}])))"
+        )
+        return query(expr, f"p{round(level * 100)}", ref)
+
+    return graph(
+        "Shadow minus live similarity p5 / p50 / p95",
+        "Per image, the shadow model's similarity minus the live model's: above 0 the "
+        "candidate finds the images more normal.",
+        [q(0.05, "A"), q(0.5, "B"), q(0.95, "C")],
+        "none",
+    )
+
+
+def model_versions() -> timeseries.Panel:
+    return graph(
+        "Model version over time",
+        "Workers scoring with each live model version, and with each shadow version.",
+        [
+            query("count by (version) (pixelwatch_model_info)", "live {{version}}", "A"),
+            query("count by (version) (pixelwatch_shadow_model_info)", "shadow {{version}}", "B"),
+        ],
+        "none",
+    ).span(24)
+
+
 def build() -> model.Dashboard:
     variables = [
         dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"),
@@ -341,7 +471,9 @@ def build() -> model.Dashboard:
     board = (
         dashboard.Dashboard("pixelwatch")
         .uid(UID)
-        .description("Streaming image anomaly detection: throughput, verdicts, latency, lag.")
+        .description(
+            "Streaming image anomaly detection: throughput, verdicts, latency, lag, models, drift."
+        )
         .tags(["pixelwatch", "kafka"])
         .editable()
         .time("now-1h", "now")
@@ -366,6 +498,15 @@ def build() -> model.Dashboard:
         .with_panel(model_info())
         .with_panel(delivery())
         .with_panel(delivery_failures())
+        .with_row(dashboard.Row("Model lifecycle and drift"))
+        .with_panel(drift())
+        .with_panel(window_anomaly_rate())
+        .with_panel(window_images())
+        .with_panel(suggested_threshold())
+        .with_panel(reloads())
+        .with_panel(shadow_agreement())
+        .with_panel(shadow_difference())
+        .with_panel(model_versions())
     )
     built = board.build()
     # Stable ids in layout order, so links to a panel (`viewPanel=`) survive regeneration.

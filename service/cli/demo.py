@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             anomalies_topic=f"pixelwatch.anomalies{suffix}",
             scores_topic=f"pixelwatch.scores{suffix}",
             dlq_topic=f"pixelwatch.dlq{suffix}",
+            shadow_topic=f"pixelwatch.shadow{suffix}",
+            models_topic=f"pixelwatch.models{suffix}",
             partitions=2,
         )
         data_dir = Path(".pixelwatch") / "demo"
@@ -135,6 +137,9 @@ def _worker_env(settings: Settings, model: Path, data_dir: Path) -> dict[str, st
         PIXELWATCH_ANOMALIES_TOPIC=settings.anomalies_topic,
         PIXELWATCH_SCORES_TOPIC=settings.scores_topic,
         PIXELWATCH_DLQ_TOPIC=settings.dlq_topic,
+        PIXELWATCH_SHADOW_TOPIC=settings.shadow_topic,
+        # Its own models topic too: a model published for real workers must not reach it.
+        PIXELWATCH_MODELS_TOPIC=settings.models_topic,
         PIXELWATCH_PARTITIONS=str(settings.partitions),
         PIXELWATCH_MODEL=str(model),
         PIXELWATCH_METRICS_PORT=str(free_port()),

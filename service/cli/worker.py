@@ -2,9 +2,11 @@
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -64,28 +66,68 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise PixelwatchError(f"invalid setting {where}{first['msg']}") from None
 
 
-class StopRequested(Exception):
-    """SIGTERM or SIGINT before the worker consumed anything: nothing to finish."""
-
-
-def _stop_during_start_up(signum: int, frame: object) -> None:
-    raise StopRequested
-
-
 def run(args: argparse.Namespace) -> int:
-    # Until faust installs its handlers (which finish the batch, commit and leave the group),
-    # a stop request simply ends start-up: nothing has been consumed yet.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop_during_start_up)
-    try:
-        return _run(args)
-    except StopRequested:
-        log.info("stopped during start-up")
-        return 0
-
-
-def _run(args: argparse.Namespace) -> int:
+    # Start-up may wait minutes for Kafka. A SIGTERM meanwhile (Kubernetes deleting a pod
+    # that is still starting) ends it at once with exit code 0: nothing was consumed yet.
+    # faust's worker replaces this handler with its orderly shutdown once it runs.
+    signal.signal(signal.SIGTERM, _stop_before_start)
     settings = settings_from_args(args)
+    checked = check_model_file(settings)  # a model file given but unusable: fail before Kafka
+    prepare_data_dir(settings.data_dir)
+    check_metrics_port(settings)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    topics = ensure_topics(settings, settings.connect_timeout)
+    if not loop.run_until_complete(_unless_stopped(topics)):
+        return 0
+    return start_worker(settings, checked, loop)
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, object]) -> bool:
+    """Run `work` unless SIGTERM or SIGINT comes first (then cancel it); False if stopped.
+
+    The event loop's own signal handling, rather than an exception raised from a handler at
+    whatever line the signal happens to interrupt, so no library's cleanup can swallow it.
+    """
+    loop = asyncio.get_running_loop()
+    stopped: asyncio.Future[object] = loop.create_future()
+
+    def stop(signum: int) -> None:
+        if not stopped.done():
+            stopped.set_result(signum)
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop, int(sig))
+    task: asyncio.Future[object] = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        # Until faust installs its own, a late SIGTERM still ends start-up at once.
+        signal.signal(signal.SIGTERM, _stop_before_start)
+    if not stopped.done():
+        task.result()  # raises what start-up raised
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    log.info("stopped during start-up (signal %s)", stopped.result())
+    return False
+
+
+def _stop_before_start(signum: int, frame: object) -> None:
+    log.info("stopped during start-up (signal %d)", signum)
+    raise SystemExit(0)
+
+
+def check_model_file(settings: Settings) -> Model | None:
+    """The model file, loaded; None when none was set and the default one is absent (the
+    models topic must then have one). A file that was set but is missing or invalid ends
+    start-up with one line."""
+    if "model" not in settings.model_fields_set and not settings.model.exists():
+        return None
     model = load_model(settings.model, threads=settings.onnx_threads)
     scorer = scorer_for(settings, model)
     log.info(
@@ -96,12 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         scorer.metric,
         scorer.threshold,
     )
-    prepare_data_dir(settings.data_dir)
-    check_metrics_port(settings)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(settings, settings.connect_timeout))
-    return start_worker(settings, scorer, loop)
+    return model
 
 
 def scorer_for(settings: Settings, model: Model) -> BatchScorer:
@@ -144,45 +181,94 @@ def check_metrics_port(settings: Settings) -> None:
             ) from None
 
 
-def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.AbstractEventLoop) -> int:
+def start_worker(
+    settings: Settings, file_model: Model | None, loop: asyncio.AbstractEventLoop
+) -> int:
     from prometheus_client import REGISTRY
 
     from service.controlplane.app import create_app
-    from service.dataplane.loop import BatchObserver, DataPlane
+    from service.dataplane.loop import BatchObserver, DataPlane, SwapObserver
     from service.dataplane.service import DataPlaneService
+    from service.dataplane.shadow import ShadowScorer
     from service.dataplane.status import DataPathStatus
+    from service.lifecycle.follow import ModelFileWatcher, ModelFollower
+    from service.lifecycle.manager import ModelLifecycle
+    from service.lifecycle.registry import (
+        CHANGELOG_CONFIG,
+        CHUNKS_CONFIG,
+        TOPIC_CONFIG,
+        create_missing,
+    )
+    from service.lifecycle.window import DriftReporter, changelog_topic, chunks_topic
     from service.observability.metrics import WorkerMetrics, instrument
     from service.web.feed import AnomalyFeed, PageModel
     from service.web.install import install_web
 
     # The default registry also carries the process and Python metrics.
     metrics = WorkerMetrics(REGISTRY)
-    metrics.describe_model(scorer)
+    cache = settings.data_dir / "models"
+    lifecycle = ModelLifecycle(
+        settings, cache, lambda model: scorer_for(settings, model), metrics.reloaded
+    )
+    lifecycle_topics = {
+        settings.models_topic: TOPIC_CONFIG,
+        chunks_topic(settings): CHUNKS_CONFIG,
+        changelog_topic(settings): CHANGELOG_CONFIG,
+    }
+    loop.run_until_complete(create_missing(settings, lifecycle_topics, settings.connect_timeout))
+    follower = ModelFollower(settings)
+    records = loop.run_until_complete(follower.catch_up(settings.connect_timeout))
+    lifecycle.start(records, lifecycle.adopt_file(file_model) if file_model else None)
+    scorer, shadow = lifecycle.scorers()
+
     app = create_app(settings)
+    drift = DriftReporter(app, settings)
     status = DataPathStatus()
-    observers: list[BatchObserver] = [metrics.observe_batch]
+    observers: list[BatchObserver] = [metrics.observe_batch, drift.observe_batch]
+    on_swap: list[SwapObserver] = [metrics.on_swap, drift.on_swap]
     feed = None
     if settings.metrics_port and settings.web_enabled:
         feed = AnomalyFeed(
             settings.web_anomalies, PageModel.of(scorer), window=settings.web_rate_window
         )
         observers.append(feed.observe_batch)
+        on_swap.append(feed.on_swap)
+
+    def swapped(live: BatchScorer, shadow: ShadowScorer | None) -> None:
+        for observe in on_swap:
+            observe(live, shadow)
+
+    swapped(scorer, shadow)  # the models the first batch is scored with
     plane = DataPlane(
         settings,
         scorer,
+        shadow=shadow,
         status=status,
         observers=observers,
         on_delivery_failure=metrics.delivery_failed,
         on_lag=metrics.set_consumer_lag,
         on_commit=metrics.set_committed,
+        on_swap=swapped,
     )
+    lifecycle.apply = plane.swap
+    follower.on_record = lifecycle.on_record
+    drift.bind(loop)
     metrics.unconfirmed.set_function(lambda: plane.unconfirmed)
     if settings.metrics_port:
         instrument(app, metrics)
+        REGISTRY.register(drift)
         install_web(app, settings, feed, status, REGISTRY)
-    worker = faust.Worker(
-        app, DataPlaneService(plane), loop=loop, loglevel=settings.log_level, quiet=True
-    )
+    services: list[Any] = [DataPlaneService(plane), follower]
+    if lifecycle.file is not None:
+        services.append(
+            ModelFileWatcher(
+                settings.model,
+                settings.model_poll_interval,
+                lifecycle.file.sha256,
+                lifecycle.on_file,
+            )
+        )
+    worker = faust.Worker(app, *services, loop=loop, loglevel=settings.log_level, quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -46,4 +46,11 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=settings.metrics_port > 0,
         web_port=settings.metrics_port or 6066,
         web_bind=settings.metrics_host,
+        # The control group rebalances as workers come and go. faust's defaults (60 s) would
+        # let a worker stopped during such a rebalance wait a minute for its consumer; the
+        # data plane's session timeout bounds it instead, and frequent heartbeats make the
+        # other members rejoin within a second.
+        broker_session_timeout=settings.session_timeout,
+        broker_rebalance_timeout=settings.session_timeout,
+        broker_heartbeat_interval=min(1.0, settings.session_timeout / 3),
     )

@@ -39,6 +39,7 @@ from service.config import Settings
 from service.dataplane.decode import WHOLE
 from service.dataplane.ledger import Failure, Ledger, TopicPartitionKey
 from service.dataplane.pipeline import BatchResult, BatchScorer, DeadLetter, Header, Reason
+from service.dataplane.shadow import ShadowScorer
 from service.dataplane.status import DataPathStatus
 from service.errors import PixelwatchError
 from service.kafka.options import librdkafka_config
@@ -49,6 +50,9 @@ log = logging.getLogger("pixelwatch.dataplane")
 
 BatchObserver = Callable[[BatchResult, float], None]
 """Called on the loop's thread after each batch is handed to the producer."""
+SwapObserver = Callable[[BatchScorer, ShadowScorer | None], None]
+"""Called on the loop's thread when a swap takes effect: the live scorer and the shadow (or
+None) that score from this batch boundary on."""
 DeliveryObserver = Callable[[str, str, bool], None]
 """Called for each record the broker did not take: (topic, error name, whether a dead letter
 of its input was sent in its place)."""
@@ -74,16 +78,23 @@ class DataPlane:
         on_delivery_failure: DeliveryObserver | None = None,
         on_lag: Callable[[dict[TopicPartitionKey, int]], None] | None = None,
         on_commit: Callable[[dict[TopicPartitionKey, int]], None] | None = None,
+        on_swap: SwapObserver | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self.settings = settings
         self.scorer = scorer
+        self.shadow = shadow
+        self._on_swap = on_swap
         self.status = status or DataPathStatus()
         self.observers = list(observers)
         self._on_delivery_failure = on_delivery_failure
         self._on_lag = on_lag
         self._on_commit = on_commit
         self._committed: dict[TopicPartitionKey, int] = {}  # as the broker confirmed
-        self._next_scorer: BatchScorer | None = None
+        # What `swap` asked for, taken at the next batch boundary; a lock, not two attributes,
+        # so a live model and its shadow always change together.
+        self._swap_lock = threading.Lock()
+        self._next: tuple[BatchScorer, ShadowScorer | None] | None = None
         self._stopping = threading.Event()
         self._ledger = Ledger()
         self._failures: list[Failure] = []
@@ -103,9 +114,11 @@ class DataPlane:
         """Finish the batch in hand, deliver everything, commit and leave the group."""
         self._stopping.set()
 
-    def swap(self, scorer: BatchScorer) -> None:
-        """Score with `scorer` from the next batch on: never half a batch with each."""
-        self._next_scorer = scorer
+    def swap(self, scorer: BatchScorer, shadow: ShadowScorer | None = None) -> None:
+        """Score with `scorer` (and `shadow` beside it, or no shadow) from the next batch on:
+        never half a batch with each. A later call before that boundary replaces this one."""
+        with self._swap_lock:
+            self._next = (scorer, shadow)
 
     @property
     def unconfirmed(self) -> int:
@@ -184,8 +197,7 @@ class DataPlane:
         s = self.settings
         messages = consumer.consume(s.batch_size, s.batch_window)
         self._raise_fatal()
-        if self._next_scorer is not None:  # a batch boundary: swap here and only here
-            self.scorer, self._next_scorer = self._next_scorer, None
+        self._take_swap()  # a batch boundary: swap here and only here
         good = [m for m in messages if m.error() is None] if messages else []
         if len(good) != len(messages):
             for message in messages:
@@ -209,6 +221,17 @@ class DataPlane:
             self._next_lag = now + s.lag_interval
             self._refresh_lag(consumer)
 
+    def _take_swap(self) -> None:
+        if self._next is None:
+            return
+        with self._swap_lock:
+            pending, self._next = self._next, None
+        if pending is None:
+            return
+        self.scorer, self.shadow = pending
+        if self._on_swap is not None:
+            self._on_swap(self.scorer, self.shadow)
+
     def _handle(self, messages: list[Message]) -> None:
         started = time.perf_counter()
         result = self.scorer.process(messages)
@@ -222,10 +245,31 @@ class DataPlane:
             self._produce(s.anomalies_topic, key, value, headers)
         if result.dead:
             self._dead_letters(result.dead, result.detected_at)
+        if self.shadow is not None and result.scored:
+            self._shadow(self.shadow, result)
         elapsed = time.perf_counter() - started
         self.status.progressed()
         for observe in self.observers:
             observe(result, elapsed)
+
+    def _shadow(self, shadow: ShadowScorer, result: BatchResult) -> None:
+        """Score the batch with the shadow too and send its verdicts. A refused shadow record
+        costs only itself (see `_replace`): it never holds up a commit."""
+        try:
+            verdicts = shadow.score(self.scorer, result)
+        except Exception as exc:
+            allowed, held = self._throttle.allow(f"shadow:{type(exc).__name__}")
+            if allowed:
+                suffix = f" ({held} more since the last line)" if held else ""
+                log.error(
+                    "shadow model %s failed on a batch of %d: %s%s",
+                    shadow.version, result.scored, clean(f"{type(exc).__name__}: {exc}"), suffix,
+                )  # fmt: skip
+            return
+        result.shadow = verdicts
+        topic = self.settings.shadow_topic
+        for key, value in verdicts.records:
+            self._produce(topic, key, value, verdicts.headers)
 
     def _produce(
         self,
@@ -311,6 +355,14 @@ class DataPlane:
         record, error = failure.record, failure.error
         topic = str(record.topic())
         value = record.value()
+        if topic == self.settings.shadow_topic:
+            # A shadow's verdicts are advisory: counted and logged, never replaced.
+            self._delivery_failed(topic, error, False)
+            allowed, held = self._throttle.allow(f"shadow-delivery:{error.code()}")
+            if allowed:
+                suffix = f" ({held} more since the last line)" if held else ""
+                log.warning("a shadow record to %s was refused: %s%s", topic, error.name(), suffix)
+            return
         if topic == self.settings.dlq_topic:
             self._delivery_failed(topic, error, False)
             if error.code() in _SIZE_ERRORS and value is not None and not _is_marker(value):

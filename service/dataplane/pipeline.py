@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from service.dataplane.decode import WHOLE, Decoded, Decoder, Reject, out_of_range, value_problem
 from service.dataplane.encode import RecordEncoder
+from service.dataplane.shadow import ShadowVerdicts
 from service.schemas import (
     HEADER_FAILED_AT,
     HEADER_INDEX,
@@ -98,6 +99,12 @@ class BatchResult:
     ts_ms: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     headers: list[Header] = field(default_factory=list)
     detected_at: str = ""
+    # Row i of these is scored image i (as in `similarity`): what a shadow model needs to
+    # score the same images without decoding them again.
+    pixels: NDArray[np.float32] = field(default_factory=lambda: np.empty((0, 0), np.float32))
+    anomaly: NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
+    keys: list[bytes] = field(default_factory=list)
+    shadow: ShadowVerdicts | None = None  # set by the data plane when a shadow scores
 
     @property
     def scored(self) -> int:
@@ -167,6 +174,11 @@ class BatchScorer:
         if parts:
             result.similarity = np.concatenate([p.similarity for p in parts])
             result.ts_ms = np.concatenate([p.ts_ms for p in parts])
+            scored = [p for p in parts if p.scored]
+            if scored:
+                result.pixels = np.concatenate([p.pixels for p in scored])
+                result.anomaly = np.concatenate([p.anomaly for p in scored])
+            result.keys = [key for p in parts for key in p.keys]
         return result
 
     def _process(self, messages: Sequence[Message]) -> BatchResult:
@@ -221,6 +233,7 @@ class BatchScorer:
         encoder = self._encoder
         detected_at = orjson.dumps(result.detected_at)
         ts_ms: list[int] = []
+        keys: list[bytes] = []
         # Per message, not per image: a batched message shares its coordinates.
         where: dict[int, tuple[str, bytes, int]] = {}
         for row, position in enumerate(decoded.message):
@@ -250,6 +263,7 @@ class BatchScorer:
             ts_ms.append(ts)
             source = prefix + (b"}" if index == WHOLE else b',"index":%d}' % index)
             key = ident.encode()
+            keys.append(key)
             ident_json = orjson.dumps(ident)
             flagged = anomaly[row]
             if flagged or scores_format == "full":
@@ -271,3 +285,6 @@ class BatchScorer:
                 result.anomalies.append((key, value))
         result.similarity = similarity
         result.ts_ms = np.asarray(ts_ms, dtype=np.int64)
+        result.pixels = decoded.pixels
+        result.anomaly = scored.anomaly
+        result.keys = keys

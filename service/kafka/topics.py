@@ -25,6 +25,7 @@ class BrokerUnavailable(PixelwatchError):
 
 def worker_topics(settings: Settings) -> list[str]:
     topics = [settings.input_topic, settings.anomalies_topic, settings.dlq_topic]
+    topics.append(settings.shadow_topic)
     if settings.scores_enabled:
         topics.append(settings.scores_topic)
     return topics

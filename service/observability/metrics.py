@@ -19,6 +19,8 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.dataplane.pipeline import BatchResult, BatchScorer
+from service.dataplane.shadow import ShadowScorer
+from service.lifecycle.validate import REASONS
 from service.observability.histogram import BulkHistogram
 from service.schemas import DeadLetterReason
 
@@ -38,6 +40,12 @@ LATENCY_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+# Shadow similarity minus live similarity: symmetric, finest around 0, where models agree.
+DIFFERENCE_BUCKETS: Final = (
+    -0.5, -0.2, -0.1, -0.05, -0.02, -0.01, -0.005, 0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+)  # fmt: skip
+RELOAD_RESULTS: Final = ("ok", *REASONS)
+SHADOW_VERDICTS: Final = ("both_normal", "both_anomaly", "live_only", "shadow_only")
 
 FAUST_PREFIX: Final = "faust"
 """Prefix of faust's sensor metrics; fixed so that names do not depend on the consumer group."""
@@ -122,12 +130,41 @@ class WorkerMetrics:
             ["topic", "reason"],
             registry=registry,
         )
+        self.reloads = Counter(
+            "pixelwatch_model_reloads",
+            "Models offered to this worker (published, promoted, rolled back, or a changed model "
+            "file), by result: ok, or the check that refused it",
+            ["result"],
+            registry=registry,
+        )
+        self.shadow_info = Gauge(
+            "pixelwatch_shadow_model_info",
+            "The shadow model scoring beside the live one (absent without a shadow)",
+            ["version", "sha256"],
+            registry=registry,
+        )
+        self.shadow_verdicts = Counter(
+            "pixelwatch_shadow_verdicts",
+            "Images scored by both the live and the shadow model, by how their verdicts compare",
+            ["verdict"],
+            registry=registry,
+        )
+        self.shadow_difference = BulkHistogram(
+            "pixelwatch_shadow_similarity_difference",
+            "Shadow model's similarity minus the live model's, per image scored by both",
+            DIFFERENCE_BUCKETS,
+            registry,
+        )
         # Every label value exists from the start, at 0, so rate() and the alerts see a
         # series before the first image (or the first dead letter of a kind) arrives.
         for outcome in OUTCOMES:
             self.images.labels(outcome)
         for reason in DeadLetterReason:
             self.dead_letters.labels(reason.value)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)
+        for verdict in SHADOW_VERDICTS:
+            self.shadow_verdicts.labels(verdict)
         self._lags: dict[TopicPartition, int] = {}
         self._committed_labels: set[tuple[str, str]] = set()
 
@@ -142,6 +179,20 @@ class WorkerMetrics:
             mode=model.metadata.mode,
         ).set(1)
         self.threshold.set(scorer.threshold)
+
+    def describe_shadow(self, shadow: ShadowScorer | None) -> None:
+        self.shadow_info.clear()
+        if shadow is not None:
+            self.shadow_info.labels(version=shadow.version, sha256=shadow.sha256).set(1)
+
+    def on_swap(self, scorer: BatchScorer, shadow: ShadowScorer | None) -> None:
+        """A `SwapObserver`: the model metrics follow the swap when it takes effect."""
+        self.describe_model(scorer)
+        self.describe_shadow(shadow)
+
+    def reloaded(self, refused: str | None) -> None:
+        """One model offered to the worker: `refused` is the check that failed, or None."""
+        self.reloads.labels(refused or "ok").inc()
 
     def observe_batch(self, result: BatchResult, seconds: float) -> None:
         """A `BatchObserver`: count one batch's outcomes once its outputs are handed over."""
@@ -159,6 +210,18 @@ class WorkerMetrics:
             self.latency.observe_many(np.maximum(0.0, now_ms - result.ts_ms) / 1000.0)
         self.inference.observe(seconds)
         self.batch_size.observe(len(result.messages))
+        shadow = result.shadow
+        if shadow is not None and shadow.images:
+            live, other = result.anomaly, shadow.anomaly
+            both = int((live & other).sum())
+            live_only = int((live & ~other).sum())
+            shadow_only = int((other & ~live).sum())
+            self.shadow_verdicts.labels("both_anomaly").inc(both)
+            self.shadow_verdicts.labels("live_only").inc(live_only)
+            self.shadow_verdicts.labels("shadow_only").inc(shadow_only)
+            normal = shadow.images - both - live_only - shadow_only
+            self.shadow_verdicts.labels("both_normal").inc(normal)
+            self.shadow_difference.observe_many(shadow.difference)
 
     def delivery_failed(self, topic: str, reason: str, dead_lettered: bool) -> None:
         """A `DeliveryObserver`: the failure, and the dead letter sent in its place."""

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from service.errors import ModelError
 from service.scoring.images import ImageShape, Pixels
+from service.scoring.reference import GoldenImages, ReferenceHistogram
 from service.scoring.similarity import METRICS, MetricName
 
 FORMAT_VERSION: Final = 1
@@ -48,6 +49,15 @@ class ModelMetadata(BaseModel):
     final_loss: float = Field(ge=0.0)
     arch: str = "dense"
     arch_params: dict[str, Any] = Field(default_factory=dict)
+    # Added at export time for checks in service; older models have neither (see reference.py).
+    golden: GoldenImages | None = None
+    reference: ReferenceHistogram | None = None
+
+    @field_validator("golden", "reference", mode="before")
+    @classmethod
+    def _from_json(cls, value: Any) -> Any:
+        # metadata_props hold strings: these two arrive as JSON text.
+        return json.loads(value) if isinstance(value, str) else value
 
     @field_validator("format_version")
     @classmethod
@@ -66,6 +76,8 @@ class ModelMetadata(BaseModel):
         """Flat string properties for ONNX `metadata_props`."""
         props: dict[str, str] = {}
         for key, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue  # an optional field left out, as older models leave it out
             text = value if isinstance(value, str) else json.dumps(value)
             props[METADATA_PREFIX + key] = text
         return props
@@ -77,7 +89,8 @@ class ModelMetadata(BaseModel):
         }
         if not ours:
             raise ModelError(f"{source}: not a pixelwatch model (no {METADATA_PREFIX}* metadata)")
-        missing = sorted(set(cls.model_fields) - set(ours) - {"arch", "arch_params"})
+        required = {name for name, field in cls.model_fields.items() if field.is_required()}
+        missing = sorted(required - set(ours))
         if missing:
             raise ModelError(f"{source}: model metadata is missing {', '.join(missing)}")
         values: dict[str, Any] = {}

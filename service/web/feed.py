@@ -178,6 +178,19 @@ class AnomalyFeed:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._schedule_refresh)
 
+    def set_model(self, model: PageModel) -> None:
+        """The model changed (a swap took effect): watchers get the new header."""
+        with self._lock:
+            self.model = model  # one reference, replaced whole: readers see old or new
+            loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the worker is stopping
+                loop.call_soon_threadsafe(self._notify)
+
+    def on_swap(self, scorer: BatchScorer, shadow: object = None) -> None:
+        """A `SwapObserver` of the data path (called on its thread)."""
+        self.set_model(PageModel.of(scorer))
+
     def observe_batch(self, result: BatchResult, seconds: float) -> None:
         """A `BatchObserver` of the data path (called on its thread)."""
         self.add_batch(

@@ -5,7 +5,8 @@
 - `/ready`: input partitions are assigned, and while messages wait the data path has made
   progress within `stall_timeout` seconds.
 - `/`, `/static/app.js`, `/static/style.css`, `/events`: the anomaly page and its live
-  stream (server-sent events), only when the page is enabled.
+  stream (server-sent events: a snapshot, then new anomalies, rates, and the model's
+  header again whenever another model goes live), only when the page is enabled.
 
 Every response carries a strict Content-Security-Policy: the page loads its own script and
 style and nothing else, and talks to no other origin.
@@ -100,11 +101,13 @@ def add_page_routes(app: web.Application, feed: AnomalyFeed) -> None:
 
         app.router.add_get(path, serve)
 
-    config = {
-        "model": dataclasses.asdict(feed.model),
-        "capacity": feed.capacity,
-        "window": feed.window,
-    }
+    def config() -> dict[str, Any]:
+        # Read anew for each use: a swap replaces the model while the page is open.
+        return {
+            "model": dataclasses.asdict(feed.model),
+            "capacity": feed.capacity,
+            "window": feed.window,
+        }
 
     async def events(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -117,12 +120,16 @@ def add_page_routes(app: web.Application, feed: AnomalyFeed) -> None:
             shown = feed.snapshot()
             seq = feed.last_seq
             await response.write(f"retry: {RETRY_MS}\n\n".encode())
-            snapshot = {"config": config, "stats": feed.stats(), "anomalies": shown}
+            model = feed.model
+            snapshot = {"config": config(), "stats": feed.stats(), "anomalies": shown}
             await response.write(_event("snapshot", snapshot))
             while not feed.closed:
                 latest = await feed.wait(version, KEEPALIVE_SECONDS)
                 if feed.closed:
                     break
+                if feed.model != model:  # a new model is live: the header changes
+                    model = feed.model
+                    await response.write(_event("config", config()))
                 if latest != version:
                     version = latest
                     fresh = feed.since(seq)

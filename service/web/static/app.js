@@ -127,4 +127,10 @@
     settle();
   });
   source.addEventListener("stats", (event) => showStats(JSON.parse(event.data)));
+  // Another model went live: the header follows; the anomalies shown keep their own model.
+  source.addEventListener("config", (event) => {
+    config = JSON.parse(event.data);
+    showConfig();
+    settle();
+  });
 })();

@@ -1,0 +1,1 @@
+"""Model lifecycle: models through Kafka, validation before a swap, shadow scoring, drift."""
