@@ -139,7 +139,8 @@ class Decoder:
                     plain
                     and type(pixels) is list
                     and len(pixels) == size
-                    and doc.keys() <= _IMAGE_KEYS
+                    # no key besides pixels, id and ts (a count is cheaper than a set view)
+                    and len(doc) == 1 + ("id" in doc) + ("ts" in doc)
                     and (ident is None or (type(ident) is str and 0 < len(ident) <= MAX_ID_LENGTH))
                     and (ts is None or (type(ts) is int and 0 <= ts <= INT64_MAX))
                 ):
