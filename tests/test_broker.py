@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from confluent_kafka import Producer
 
 from service.cli import broker as broker_module
+from service.config import Settings
 from service.kafka.broker import KAFKA_VERSION, BrokerError, LocalBroker, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +65,50 @@ async def test_messages_round_trip_through_every_partition_of_a_new_topic(
     finally:
         await consumer.stop()
     assert received == sent
+
+
+@pytest.mark.kafka
+async def test_a_topic_is_never_created_by_a_client_that_merely_names_it(
+    kafka_bootstrap: str,
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "1")])
+        values = {c[0]: c[1] for c in described.resources[0][4]}
+        # Topics created without a partition count get the worker's default.
+        assert values["num.partitions"] == str(Settings().partitions)
+        # librdkafka producers ask for auto-creation unless told not to; the broker refuses.
+        missing = f"missing-{uuid.uuid4().hex[:8]}"
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.timeout.ms": 3000})
+        errors: list[str] = []
+        producer.produce(
+            missing, b"x", on_delivery=lambda e, m: errors.append(e.name() if e else "ok")
+        )
+        producer.flush(20)
+        assert errors and errors[0] in {"UNKNOWN_TOPIC_OR_PART", "_MSG_TIMED_OUT"}, errors
+        assert missing not in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+@pytest.mark.kafka
+async def test_a_killed_broker_restarts_on_its_data_dir_and_port(tmp_path: Path) -> None:
+    broker = LocalBroker(port=free_port(), data_dir=tmp_path / "data")
+    with broker:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic("kept", num_partitions=2, replication_factor=1)])
+        await admin.close()
+        broker.kill()
+        assert not broker.running and port_is_free(broker.port)
+        broker.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            assert "kept" in await admin.list_topics()
+        finally:
+            await admin.close()
 
 
 @pytest.mark.kafka

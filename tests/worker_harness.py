@@ -105,7 +105,11 @@ Outgoing = tuple[bytes | None, bytes] | tuple[bytes | None, bytes, list[tuple[st
 
 
 async def produce(bootstrap: str, topic: str, messages: Iterable[Outgoing]) -> None:
-    """Send (key, value) or (key, value, headers) messages and wait until all are acked."""
+    """Send (key, value) or (key, value, headers) messages and wait until all are acked.
+
+    The broker creates no topic on demand, so this first waits for `topic` to exist (a worker
+    creates its topics at start-up)."""
+    await wait_for_topic(bootstrap, topic, lambda: True)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4_000_000
     )
