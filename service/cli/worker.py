@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.dataplane.pipeline import BatchScorer
 from service.errors import PixelwatchError
-from service.kafka.topics import ensure_topics
+from service.kafka.topics import TopicSetup, ensure_topics
+from service.observability.logs import throttle_handlers, use_level
 from service.scoring.model import Model, load_model
 from service.scoring.similarity import METRICS
 
@@ -54,18 +54,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         n: getattr(args, n) for n in names if getattr(args, n, None) is not None
     }
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        where = f"{field}: " if field else ""
-        raise PixelwatchError(f"invalid setting {where}{first['msg']}") from None
+    return load_settings(**overrides)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    model = load_model(settings.model, threads=settings.onnx_threads)
+    use_level(settings.log_level)
+    model = load_model(settings.model, threads=settings.onnx_threads, sha256=settings.model_sha256)
     scorer = scorer_for(settings, model)
     log.info(
         "model %s: %s %s, metric %s, threshold %.3f",
@@ -79,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     check_metrics_port(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(settings, settings.connect_timeout))
-    return start_worker(settings, scorer, loop)
+    topics = loop.run_until_complete(ensure_topics(settings, settings.connect_timeout))
+    return start_worker(settings, scorer, loop, topics)
 
 
 def scorer_for(settings: Settings, model: Model) -> BatchScorer:
@@ -123,7 +118,19 @@ def check_metrics_port(settings: Settings) -> None:
             ) from None
 
 
-def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.AbstractEventLoop) -> int:
+class _Worker(faust.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        # mode has just replaced the log handlers: rate-limit the Kafka clients' lines there.
+        throttle_handlers(logger)
+
+
+def start_worker(
+    settings: Settings,
+    scorer: BatchScorer,
+    loop: asyncio.AbstractEventLoop,
+    topics: TopicSetup,
+) -> int:
     from prometheus_client import REGISTRY
 
     from service.controlplane.app import create_app
@@ -137,6 +144,7 @@ def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.Abstract
     # The default registry also carries the process and Python metrics.
     metrics = WorkerMetrics(REGISTRY)
     metrics.describe_model(scorer)
+    metrics.describe_topics(topics.partitions, topics.expected)
     app = create_app(settings)
     status = DataPathStatus()
     observers: list[BatchObserver] = [metrics.observe_batch]
@@ -159,7 +167,7 @@ def start_worker(settings: Settings, scorer: BatchScorer, loop: asyncio.Abstract
     if settings.metrics_port:
         instrument(app, metrics)
         install_web(app, settings, feed, status, REGISTRY)
-    worker = faust.Worker(
+    worker = _Worker(
         app, DataPlaneService(plane), loop=loop, loglevel=settings.log_level, quiet=True
     )
     try:
