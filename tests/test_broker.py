@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import fcntl
 import signal
 import socket
 import sys
@@ -159,6 +160,45 @@ async def test_broker_command_reports_ready_and_stops_cleanly_on_ctrl_c(tmp_path
             await proc.wait()
     assert proc.returncode == 0, stderr.decode()
     assert port_is_free(port), "the Kafka process outlived `pixelwatch broker`"
+
+
+@pytest.mark.kafka
+async def test_broker_command_stopped_while_starting_leaves_no_kafka_behind(
+    tmp_path: Path,
+) -> None:
+    port, data = free_port(), tmp_path / "data"
+    command = [sys.executable, "-m", "service.cli", "broker", "--port", str(port)]
+    command += ["--data-dir", str(data)]
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(240):
+            while not (data / "broker.log").exists():  # the JVM has just been launched
+                assert proc.returncode is None
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            stdout, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"ready" not in stdout, "the broker was ready before the signal: nothing was tested"
+    assert proc.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr
+    # The JVM inherits the data dir's lock: if it still ran, the lock would be taken.
+    with (data / ".pixelwatch.lock").open("wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert port_is_free(port)
+
+
+def test_broker_command_refuses_a_port_out_of_range_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = broker_module.run(parse_broker_args("--port", "70000", "--data-dir", str(tmp_path)))
+    assert code == 2
+    assert capsys.readouterr().err == "error: --port 70000 is not a TCP port (1-65535)\n"
 
 
 @pytest.mark.kafka
