@@ -18,7 +18,14 @@ from confluent_kafka import Consumer, TopicPartition
 
 from conftest import StartWorker
 from service.schemas import HEADER_FORMAT, HEADER_ID, HEADER_MESSAGE, HEADER_REASON
-from worker_harness import WorkerTopics, consume_until, metric_value, produce, wait_for_topic
+from worker_harness import (
+    WorkerTopics,
+    consume_until,
+    metric_samples,
+    metric_value,
+    produce,
+    wait_for_topic,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -98,6 +105,43 @@ async def test_an_output_the_broker_refuses_is_replaced_by_a_dead_letter(
     )
     assert failures == len(sent)
     assert metric_value(worker, "pixelwatch_dlq_total", reason="delivery") == len(sent)
+    assert worker.alive()
+    assert worker.stop() == 0
+
+
+async def test_an_output_topic_deleted_mid_run_is_a_delivery_failure_and_stays_deleted(
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: StartWorker
+) -> None:
+    worker = start_worker(PIXELWATCH_DELIVERY_TIMEOUT="3")
+    await produce(kafka_bootstrap, topics.images, images(5, "before"))
+    await consume_until(
+        kafka_bootstrap, [topics.scores], lambda r: len(r[topics.scores]) >= 5, alive=worker.alive
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topics.scores])
+        deadline = time.monotonic() + 30
+        while topics.scores in await admin.list_topics():
+            assert time.monotonic() < deadline, "the topic was not deleted"
+            await asyncio.sleep(0.2)
+        after = images(10, "after")
+        await produce(kafka_bootstrap, topics.images, after)
+        records = await consume_until(
+            kafka_bootstrap, [topics.dlq], lambda r: len(r[topics.dlq]) >= len(after),
+            alive=worker.alive,
+        )  # fmt: skip
+        assert topics.scores not in await admin.list_topics(), "the worker re-created it"
+    finally:
+        await admin.close()
+    assert ids(records, topics.dlq) == Counter(k.decode() for k, _ in after)
+    for record in records[topics.dlq]:
+        headers = {k: v.decode() for k, v in record.headers}
+        assert headers[HEADER_REASON] == "delivery"
+        assert headers[HEADER_MESSAGE].startswith(f"output to {topics.scores} refused: ")
+    # The error is the broker's UNKNOWN_TOPIC_OR_PART, or librdkafka's timeout waiting for it.
+    failures = metric_samples(worker, "pixelwatch_delivery_failures_total")
+    assert sum(v for labels, v in failures if labels["topic"] == topics.scores) == len(after)
     assert worker.alive()
     assert worker.stop() == 0
 

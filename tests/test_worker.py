@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from conftest import StartWorker
 from service.samples import SEED_TEST, SEED_TRAIN
@@ -151,6 +152,27 @@ async def test_log_level_error_keeps_info_and_warning_lines_of_every_library_out
     lines = [line for line in worker.output().splitlines() if line.strip()]
     loud = [line for line in lines if re.search(r"\bINFO\b|\bWARNING\b|\bWARN\b", line)]
     assert loud == [], loud[:5]
+
+
+async def test_an_instance_id_makes_the_worker_a_static_member_of_its_group(
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: StartWorker
+) -> None:
+    worker = start_worker(PIXELWATCH_GROUP_INSTANCE_ID="@hostname")
+    await produce(kafka_bootstrap, topics.images, [image("one", np.zeros(64))])
+    await consume_until(
+        kafka_bootstrap, [topics.scores], lambda r: len(r[topics.scores]) >= 1, alive=worker.alive
+    )
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    group = f"group-{topics.run}"
+    [description] = [f.result(timeout=30) for f in admin.describe_consumer_groups([group]).values()]
+    assert [m.group_instance_id for m in description.members] == [socket.gethostname()]
+    assert worker.stop() == 0
+
+
+def test_an_instance_id_kafka_would_refuse_is_refused_at_start_up() -> None:
+    result = worker_cli(env={"PIXELWATCH_GROUP_INSTANCE_ID": "pod 1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: invalid setting PIXELWATCH_GROUP_INSTANCE_ID='pod 1'")
 
 
 def worker_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -125,16 +125,23 @@ async def produce(bootstrap: str, topic: str, messages: Iterable[Outgoing]) -> N
         await producer.stop()
 
 
-def metric_value(worker: "WorkerProcess", name: str, **labels: str) -> float | None:
-    """One sample from the worker's /metrics page (None: not exported)."""
+def metric_samples(worker: "WorkerProcess", name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample named `name` on the worker's /metrics page: (labels, value)."""
     port = worker.env["PIXELWATCH_METRICS_PORT"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return None
+    return [
+        (dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def metric_value(worker: "WorkerProcess", name: str, **labels: str) -> float | None:
+    """One sample from the worker's /metrics page (None: not exported)."""
+    found = [value for got, value in metric_samples(worker, name) if got == labels]
+    return found[0] if found else None
 
 
 async def wait_for_topic(

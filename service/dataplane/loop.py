@@ -131,6 +131,7 @@ class DataPlane:
             "on_commit": self._committed_offsets,
             "error_cb": self._client_error,
             "logger": logging.getLogger("pixelwatch.librdkafka"),
+            **static_membership(s),
         }
 
     def producer_config(self) -> dict[str, Any]:
@@ -142,6 +143,9 @@ class DataPlane:
             "acks": "all",
             "linger.ms": 5,
             "message.timeout.ms": int(s.delivery_timeout * 1000),
+            # A deleted output topic stays deleted: its records fail and are dead-lettered,
+            # even on a broker that would create topics on demand.
+            "allow.auto.create.topics": False,
             "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
             "error_cb": self._client_error,
             "logger": logging.getLogger("pixelwatch.librdkafka"),
@@ -456,6 +460,13 @@ class DataPlane:
         if allowed:
             suffix = f" ({held} more since the last line)" if held else ""
             log.warning("Kafka: %s: %s%s", error.name(), clean(error.str()), suffix)
+
+
+def static_membership(settings: Settings) -> dict[str, Any]:
+    """`group.instance.id` when asked for: a worker restarted in place (same pod or container,
+    same id) within the session timeout gets its partitions back without a rebalance."""
+    instance = settings.instance_id
+    return {"group.instance.id": instance} if instance else {}
 
 
 def partition_lag(highwater: int, committed: int | None, low: int) -> int:
