@@ -296,7 +296,7 @@ class DataPlane:
         value = record.value()
         if topic == self.settings.dlq_topic:
             self._delivery_failed(topic, error, False)
-            if error.code() in _SIZE_ERRORS and value is not None and not _is_marker(value):
+            if error.code() in _SIZE_ERRORS and value is not None and not is_marker(value):
                 # Too large for the DLQ topic: keep the headers, replace the value.
                 self._produce(flight, topic, record.key(), marker(value), _pairs(record))
                 flight.settle_failure()
@@ -482,7 +482,7 @@ def marker(value: bytes) -> bytes:
     return orjson.dumps({"pixelwatch_truncated": True, "size": len(value), "sha256": digest})
 
 
-def _is_marker(value: bytes) -> bool:
+def is_marker(value: bytes) -> bool:
     return value.startswith(b'{"pixelwatch_truncated":true')
 
 
