@@ -41,8 +41,12 @@ class Stream:
     acked: dict[Where, bytes] = field(default_factory=dict)  # -> key
     failed: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _running: threading.Event = field(default_factory=threading.Event)  # clear: paused
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._running.set()
 
     def _producer(self) -> Producer:
         return Producer(
@@ -88,6 +92,12 @@ class Stream:
         for n, (key, value, headers) in enumerate(messages):
             if self._stop.is_set():
                 break
+            if not self._running.is_set():
+                paused = time.monotonic()
+                producer.flush(300)
+                while not self._running.wait(0.1) and not self._stop.is_set():
+                    pass
+                started += time.monotonic() - paused  # the pause does not count as lag
             if rate > 0:
                 ahead = started + n / rate - time.monotonic()
                 if ahead > 0:
@@ -103,8 +113,21 @@ class Stream:
                     producer.poll(0.1)
             producer.poll(0)
 
+    def pause(self) -> None:
+        """Stop sending until `resume()`; returns once what was sent is acknowledged."""
+        self._running.clear()
+        deadline = time.monotonic() + 60
+        seen = -1
+        while seen != self.sent and time.monotonic() < deadline:
+            seen = self.sent
+            time.sleep(1.0)
+
+    def resume(self) -> None:
+        self._running.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._running.set()
         if self._thread is not None:
             self._thread.join(330)
 

@@ -374,7 +374,12 @@ def deleted_topic(lab: Lab) -> Result:
         stream.start(images("deleted"), RATE)
         wait_log(worker, "assigned")
         time.sleep(5.0)
+        # Outputs the topic took before its deletion vanish with it, unread by the tally:
+        # the stream pauses until everything sent so far is counted, then resumes at once.
+        stream.pause()
+        tally.wait_for(dict(stream.acked), 60)
         delete_topic(lab.bootstrap, topics.scores)
+        stream.resume()
         time.sleep(10.0)
         result = result_of("output topic deleted mid-stream", stream, tally, 180)
         reasons = sorted(set(tally.reasons.values()))
