@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from conftest import StartWorker
 from service.schemas import HEADER_FORMAT, HEADER_ID, HEADER_MESSAGE, HEADER_REASON
 from worker_harness import (
+    WorkerProcess,
     WorkerTopics,
     consume_until,
     metric_samples,
@@ -71,6 +72,15 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[i
         return [tp.offset for tp in found]
     finally:
         reader.close()
+
+
+async def logged(worker: WorkerProcess, text: str, timeout: float = 120.0) -> None:
+    """Wait until the worker's log has `text`."""
+    deadline = time.monotonic() + timeout
+    while text not in worker.output():
+        assert worker.alive(), worker.output()[-2000:]
+        assert time.monotonic() < deadline, f"no {text!r} in the worker's log"
+        await asyncio.sleep(0.2)
 
 
 def ids(records: Records, *topics: str) -> Counter[str]:
@@ -211,7 +221,7 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_duplicates_are_count
     sent = images(total)
     sent[::101] = [(f"m{i}".encode(), b"broken") for i in range(0, total, 101)]
     first = start_worker(PIXELWATCH_BATCH_SIZE="200", PIXELWATCH_COMMIT_INTERVAL="0.2")
-    await produce(kafka_bootstrap, topics.images, sent)
+    await produce(kafka_bootstrap, topics.images, sent[: total // 2])
     await consume_until(
         kafka_bootstrap, [topics.scores, topics.dlq],
         lambda r: sum(ids(r, topics.scores, topics.dlq).values()) > total // 4, alive=first.alive,
@@ -219,6 +229,9 @@ async def test_a_worker_killed_mid_stream_loses_nothing_and_duplicates_are_count
     first.stop(signal.SIGKILL)
 
     second = start_worker(PIXELWATCH_BATCH_SIZE="200")
+    # The second half arrives after the kill, so the second worker has work however fast the
+    # first one was (and is running, not starting, when it is stopped).
+    await produce(kafka_bootstrap, topics.images, sent[total // 2 :])
     expected = {f"m{i}" for i in range(total)}
     records = await consume_until(
         kafka_bootstrap, [topics.scores, topics.dlq],
@@ -258,6 +271,7 @@ async def test_a_graceful_rebalance_and_stop_give_no_duplicates(
 
     await consume_until(kafka_bootstrap, [topics.scores], scored(total // 8), alive=first.alive)
     second = start_worker(**knobs)  # the group rebalances: two partitions each
+    await logged(second, "assigned")  # a slow broker may take seconds to finish the rebalance
     await consume_until(kafka_bootstrap, [topics.scores], scored(total // 2), alive=second.alive)
     assert first.stop(signal.SIGTERM) == 0  # mid-stream: its partitions move to the second
     await producing

@@ -102,6 +102,7 @@ def worker_env(
 
 
 Outgoing = tuple[bytes | None, bytes] | tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+_EXISTING: set[tuple[str, str]] = set()  # topics seen to exist: never waited for again
 
 
 async def produce(bootstrap: str, topic: str, messages: Iterable[Outgoing]) -> None:
@@ -109,7 +110,9 @@ async def produce(bootstrap: str, topic: str, messages: Iterable[Outgoing]) -> N
 
     The broker creates no topic on demand, so this first waits for `topic` to exist (a worker
     creates its topics at start-up)."""
-    await wait_for_topic(bootstrap, topic, lambda: True)
+    if (bootstrap, topic) not in _EXISTING:
+        await wait_for_topic(bootstrap, topic, lambda: True)
+        _EXISTING.add((bootstrap, topic))
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4_000_000
     )
