@@ -14,7 +14,11 @@ pytestmark = pytest.mark.kafka
 def test_the_poison_set_is_dead_lettered_and_the_worker_carries_on(
     kafka_broker: LocalBroker, seed_model_path: Path, tmp_path: Path
 ) -> None:
-    result = poison(Lab(kafka_broker, seed_model_path, tmp_path))
+    lab = Lab(kafka_broker, seed_model_path, tmp_path)
+    try:
+        result = poison(lab)
+    finally:
+        lab.kill_workers()
 
     assert result.problems == []
     assert result.sent == 24 and result.lost == 0 and result.duplicates == 0

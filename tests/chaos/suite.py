@@ -90,6 +90,7 @@ class Lab:
     model: Path
     workdir: Path
     _names: Iterator[int] = field(default_factory=count)
+    _workers: list[WorkerProcess] = field(default_factory=list)
 
     @property
     def bootstrap(self) -> str:
@@ -99,7 +100,16 @@ class Lab:
         n = next(self._names)
         settings = worker_env(self.bootstrap, topics, self.model, self.workdir / f"state-{n}")
         settings |= {"PIXELWATCH_METRICS_HOST": "127.0.0.1", **env}
-        return WorkerProcess(settings, self.workdir / f"worker-{n}.log")
+        worker = WorkerProcess(settings, self.workdir / f"worker-{n}.log")
+        self._workers.append(worker)
+        return worker
+
+    def kill_workers(self) -> None:
+        """Kill what a scenario left running (it raised before stopping its workers)."""
+        for worker in self._workers:
+            if worker.alive():
+                worker.stop(signal.SIGKILL)
+        self._workers.clear()
 
 
 def images(prefix: str, seed: int = 0) -> Iterator[Outgoing]:
@@ -469,7 +479,10 @@ def run(names: list[str], workdir: Path, model: Path) -> list[Result]:
         for name in names:
             console.print(f"[bold]{name}[/] …")
             started = time.monotonic()
-            result = SCENARIOS[name](lab)
+            try:
+                result = SCENARIOS[name](lab)
+            finally:
+                lab.kill_workers()
             console.print(
                 f"  {result.sent:,} sent, {result.lost:,} lost, {result.duplicates:,} "
                 f"duplicates ({time.monotonic() - started:.0f} s)"
