@@ -49,6 +49,9 @@ eval-digits: venv ## one-class AUROC of every architecture vs PCA / IsolationFor
 bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/)
 	PYTHONPATH=tests $(BIN)/python -m benchmarks.bench
 
+chaos: venv prereqs ## fault suite: kill -9, SIGTERM, broker kill, rebalance, poison, fuzz, undeliverable output (~10 min; chaos-results/)
+	$(BIN)/python tests/chaos/suite.py
+
 broker: venv prereqs ## run a local Kafka broker on port 9092 until Ctrl-C
 	$(BIN)/pixelwatch broker
 
@@ -60,10 +63,13 @@ screenshot: venv prereqs browser ## regenerate docs/anomaly-page.png, the README
 	PIXELWATCH_SCREENSHOT=docs/anomaly-page.png $(BIN)/python -m pytest -q \
 	  tests/test_web_browser.py::test_the_page_shows_exactly_the_flagged_images_and_a_new_one_arrives_without_reload
 
+prometheusrule: venv ## regenerate deploy/k8s/prometheusrule.yaml from deploy/prometheus/alerts.yml
+	$(BIN)/python deploy/prometheus/prometheusrule.py
+
 schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 	$(BIN)/python -m service.schemas deploy/schemas
 
 clean: ## remove generated models, caches and local broker data (keeps .venv)
-	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache
+	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results
 
-.PHONY: help venv prereqs prometheus browser screenshot demo lint typecheck test eval-digits bench broker dashboard schemas clean
+.PHONY: help venv prereqs prometheus browser screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas clean

@@ -264,6 +264,14 @@ def _prepare_output(out: Path) -> None:
     """Refuse an unusable --out before any training time is spent; create its directory."""
     if out.is_dir():
         raise OutputError(f"--out {out} is a directory; give a file name such as model.onnx")
+    # The model is renamed onto --out: a device node or pipe there would be replaced by a
+    # file (as root, /dev/full would stop being a device).
+    for path in (out, report_path(out)):
+        if path.exists() and not path.is_file():
+            raise OutputError(
+                f"--out {out}: {path} exists and is not a regular file; give a file name "
+                "such as model.onnx"
+            )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,16 +1,33 @@
 """The one settings class: every worker option, from `PIXELWATCH_*` environment variables.
 
-Command-line flags override the environment; nothing else reads `os.environ`.
+Command-line flags override the environment; nothing else reads `os.environ` for settings.
+`load_settings` is how commands get them: a bad value or a misspelled variable name is one
+line naming it, not a traceback and not a silently ignored variable.
 """
 
+import difflib
+import os
+import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Final, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.errors import PixelwatchError
 from service.schemas import OutputFormat
 from service.scoring.similarity import MetricName
+from service.untrusted import clean
+
+PREFIX: Final = "PIXELWATCH_"
+HOSTNAME: Final = "@hostname"
+"""`PIXELWATCH_GROUP_INSTANCE_ID` value that stands for the host (in Kubernetes: pod) name."""
+# Variables in our namespace that are not worker settings.
+OTHER_VARIABLES: Final = {
+    "PIXELWATCH_CACHE_DIR": "where the local broker's jars are cached",
+    "PIXELWATCH_SCREENSHOT": "where `make screenshot` writes the page's picture",
+}
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
 """A model name is a key on the models topic; `#` and `@` stay free for the keys derived from
@@ -46,7 +63,9 @@ class Settings(BaseSettings):
     dlq_topic: str = "pixelwatch.dlq"
     partitions: int = Field(4, ge=1, description="partitions for topics this worker creates")
     replication_factor: int = Field(1, ge=1)
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a consumer group without committed offsets starts"
+    )
     connect_timeout: float = Field(
         120.0, gt=0.0, description="seconds to keep retrying an unreachable broker at start-up"
     )
@@ -64,7 +83,12 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         65_536, ge=64, le=100_000_000, description="larger payloads go to the DLQ"
     )
-    onnx_threads: int = Field(1, ge=1)
+    onnx_threads: int = Field(1, ge=1, description="onnxruntime threads per worker process")
+    model_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="refuse to start unless the model file has this sha256",
+    )
 
     # Model lifecycle: models published on a topic, shadow scoring, drift
     model_name: str = Field(
@@ -116,6 +140,12 @@ class Settings(BaseSettings):
         ge=1.0,
         le=300.0,
         description="seconds without a heartbeat before a worker's partitions move on",
+    )
+    group_instance_id: str | None = Field(
+        None,
+        pattern=r"^(@hostname|[A-Za-z0-9._-]{1,249})$",
+        description="static group membership: a stable id per worker; @hostname uses the host "
+        "(pod) name. A worker restarted within the session timeout keeps its partitions",
     )
 
     # Process
@@ -177,9 +207,51 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def instance_id(self) -> str | None:
+        """The consumer's `group.instance.id`, with @hostname resolved."""
+        if self.group_instance_id == HOSTNAME:
+            return socket.gethostname()
+        return self.group_instance_id
+
+    @property
     def bootstrap_servers(self) -> list[str]:
         return [s.strip() for s in self.bootstrap.split(",") if s.strip()]
 
     def redacted(self) -> dict[str, object]:
         """Settings for a start-up log line: secrets stay hidden (SecretStr prints as ***)."""
         return {k: str(v) for k, v in self if v is not None}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per `PIXELWATCH_*` variable that is no setting, with the closest valid name."""
+    valid = {PREFIX + name.upper() for name in Settings.model_fields} | OTHER_VARIABLES.keys()
+    # Compared without the shared prefix, which would make every name look alike.
+    names = {v.removeprefix(PREFIX): v for v in valid}
+    lines = []
+    for name in sorted(environ):
+        if not name.startswith(PREFIX) or name in valid:
+            continue
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), sorted(names), n=1, cutoff=0.7)
+        hint = (
+            f"did you mean {names[close[0]]}?" if close else "see the Settings table in README.md"
+        )
+        lines.append(f"{name} is not a pixelwatch setting; {hint}")
+    return lines
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and `overrides` (flags), or one line saying what is wrong."""
+    problems = unknown_variables(os.environ)
+    if problems:
+        raise PixelwatchError(problems[0])
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        if not field:  # a rule across settings: its message names them
+            rule = first["msg"].removeprefix("Value error, ")
+            raise PixelwatchError(f"invalid settings: {rule}") from None
+        shown = "" if "password" in field else f"={clean(repr(first.get('input')), 60)}"
+        message = f"invalid setting {PREFIX}{field.upper()}{shown}: {first['msg']}"
+        raise PixelwatchError(message) from None

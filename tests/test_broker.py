@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import fcntl
 import signal
 import socket
 import sys
@@ -12,8 +13,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from confluent_kafka import Producer
 
 from service.cli import broker as broker_module
+from service.config import Settings
 from service.kafka.broker import KAFKA_VERSION, BrokerError, LocalBroker, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +69,50 @@ async def test_messages_round_trip_through_every_partition_of_a_new_topic(
 
 
 @pytest.mark.kafka
+async def test_a_topic_is_never_created_by_a_client_that_merely_names_it(
+    kafka_bootstrap: str,
+) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "1")])
+        values = {c[0]: c[1] for c in described.resources[0][4]}
+        # Topics created without a partition count get the worker's default.
+        assert values["num.partitions"] == str(Settings().partitions)
+        # librdkafka producers ask for auto-creation unless told not to; the broker refuses.
+        missing = f"missing-{uuid.uuid4().hex[:8]}"
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.timeout.ms": 3000})
+        errors: list[str] = []
+        producer.produce(
+            missing, b"x", on_delivery=lambda e, m: errors.append(e.name() if e else "ok")
+        )
+        producer.flush(20)
+        assert errors and errors[0] in {"UNKNOWN_TOPIC_OR_PART", "_MSG_TIMED_OUT"}, errors
+        assert missing not in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+@pytest.mark.kafka
+async def test_a_killed_broker_restarts_on_its_data_dir_and_port(tmp_path: Path) -> None:
+    broker = LocalBroker(port=free_port(), data_dir=tmp_path / "data")
+    with broker:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic("kept", num_partitions=2, replication_factor=1)])
+        await admin.close()
+        broker.kill()
+        assert not broker.running and port_is_free(broker.port)
+        broker.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            assert "kept" in await admin.list_topics()
+        finally:
+            await admin.close()
+
+
+@pytest.mark.kafka
 async def test_broker_keeps_topics_when_restarted_on_the_same_data_dir(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with LocalBroker(port=free_port(), data_dir=data_dir) as first:
@@ -112,6 +160,45 @@ async def test_broker_command_reports_ready_and_stops_cleanly_on_ctrl_c(tmp_path
             await proc.wait()
     assert proc.returncode == 0, stderr.decode()
     assert port_is_free(port), "the Kafka process outlived `pixelwatch broker`"
+
+
+@pytest.mark.kafka
+async def test_broker_command_stopped_while_starting_leaves_no_kafka_behind(
+    tmp_path: Path,
+) -> None:
+    port, data = free_port(), tmp_path / "data"
+    command = [sys.executable, "-m", "service.cli", "broker", "--port", str(port)]
+    command += ["--data-dir", str(data)]
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(240):
+            while not (data / "broker.log").exists():  # the JVM has just been launched
+                assert proc.returncode is None
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            stdout, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"ready" not in stdout, "the broker was ready before the signal: nothing was tested"
+    assert proc.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr
+    # The JVM inherits the data dir's lock: if it still ran, the lock would be taken.
+    with (data / ".pixelwatch.lock").open("wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert port_is_free(port)
+
+
+def test_broker_command_refuses_a_port_out_of_range_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = broker_module.run(parse_broker_args("--port", "70000", "--data-dir", str(tmp_path)))
+    assert code == 2
+    assert capsys.readouterr().err == "error: --port 70000 is not a TCP port (1-65535)\n"
 
 
 @pytest.mark.kafka

@@ -222,11 +222,15 @@ def test_variables_override_ports_and_credentials() -> None:
 def test_worker_environment_defaults_are_valid_worker_settings(services: dict[str, Any]) -> None:
     env = service_env(services["worker"])
     assert all(key.startswith("PIXELWATCH_") for key in env)
-    # model_validate: unknown keys fail (extra="forbid"), where the environment would ignore them.
+    # model_validate: unknown keys fail (extra="forbid"); empty values are left out, as the
+    # worker ignores empty variables.
     settings = Settings.model_validate(
-        {k.removeprefix("PIXELWATCH_").lower(): v for k, v in env.items()}
+        {k.removeprefix("PIXELWATCH_").lower(): v for k, v in env.items() if v}
     )
     assert settings.partitions == 4 and settings.metrics_port == 6066
+    assert settings.model_sha256 is None  # no pin until one is set
+    pinned = service_env(load_compose({"PIXELWATCH_MODEL_SHA256": "ab" * 32})["services"]["worker"])
+    assert pinned["PIXELWATCH_MODEL_SHA256"] == "ab" * 32
 
 
 def test_long_running_services_have_healthchecks(services: dict[str, Any]) -> None:

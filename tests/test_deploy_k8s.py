@@ -7,7 +7,10 @@ require, and that they point at the resources they scale and scrape. kubectl/kus
 needed: the kustomization only adds a namespace, a label and image tags, checked here too.
 """
 
+import importlib.util
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
@@ -64,7 +67,7 @@ def test_kustomization_lists_every_manifest_of_the_directory(kustomization: dict
 
 
 def test_core_resources_are_valid_kubernetes_objects(resources: dict[str, Resource]) -> None:
-    assert set(resources) == CORE_KINDS | {"ScaledObject", "ServiceMonitor"}
+    assert set(resources) == CORE_KINDS | {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
     for kind in sorted(CORE_KINDS):
         kubernetes_validate.validate(resources[kind], KUBERNETES_VERSION, strict=True)
 
@@ -289,3 +292,36 @@ def test_readme_names_the_kubernetes_files_it_deploys() -> None:
     assert "kubectl apply -k deploy/k8s" in text
     for path in sorted(K8S.glob("*.yaml")):
         assert str(Path("deploy/k8s") / path.name) in text or path.name in text, path.name
+
+
+def prometheusrule_generator() -> Any:
+    """deploy/prometheus/prometheusrule.py, a script rather than part of a package."""
+    path = REPO / "deploy" / "prometheus" / "prometheusrule.py"
+    spec = importlib.util.spec_from_file_location("pixelwatch_prometheusrule", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_prometheus_rule_carries_exactly_the_tested_alert_rules(
+    resources: dict[str, Resource], tmp_path: Path
+) -> None:
+    rule = resources["PrometheusRule"]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule["spec"]) == {"groups"}  # the CRD's spec has groups and nothing else
+    alerts = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    generator = prometheusrule_generator()
+    assert (K8S / "prometheusrule.yaml").read_text() == generator.render(), (
+        "stale: run make prometheusrule"
+    )
+    # The groups load in Prometheus as they are (the Operator hands them over unchanged).
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: run deploy/prometheus-setup.sh"
+    extracted = tmp_path / "rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(extracted)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

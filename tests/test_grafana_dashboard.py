@@ -69,6 +69,7 @@ def test_the_issues_panels_are_all_there() -> None:
         "Dead letters per second by reason": "timeseries",
         "Consumer lag by partition": "timeseries",
         "Model per worker": "table",
+        "Topic partitions": "table",
         "Consumed, committed and unconfirmed": "timeseries",
         "Outputs refused by the broker per second": "timeseries",
         "Similarity drift (KS distance to normal images)": "timeseries",
@@ -80,6 +81,19 @@ def test_the_issues_panels_are_all_there() -> None:
         "Shadow minus live similarity p5 / p50 / p95": "timeseries",
         "Model version over time": "timeseries",
     }
+
+
+def test_every_query_selects_the_job_and_namespace_picked_on_the_dashboard() -> None:
+    variables = {v["name"]: v for v in committed()["templating"]["list"]}
+    assert variables["job"]["current"]["value"] == "pixelwatch"
+    assert variables["namespace"]["includeAll"] and variables["namespace"]["allValue"] == ".*"
+    exprs = [t["expr"] for p in panels() for t in p["targets"]]
+    exprs.append(variables["threshold"]["query"])
+    for expr in exprs:
+        uses = re.findall(r"\b(pixelwatch_\w+)(\{[^}]*\})?", expr)
+        assert uses, expr
+        for name, matchers in uses:
+            assert matchers.startswith('{job=~"$job", namespace=~"$namespace"'), (name, expr)
 
 
 def test_panels_query_the_datasource_picked_on_the_dashboard() -> None:

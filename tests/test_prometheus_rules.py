@@ -1,5 +1,6 @@
 """The shipped Prometheus configuration and alert rules, checked and unit-tested by promtool."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_prometheus_config_is_valid_and_loads_the_alert_rules(promtool: str) -> 
 
 def test_alert_rules_are_valid(promtool: str) -> None:
     output = run(promtool, "check", "rules", "alerts.yml")
-    assert "SUCCESS: 8 rules found" in output
+    assert "SUCCESS: 9 rules found" in output
 
 
 def test_alert_rule_unit_tests_pass(promtool: str) -> None:
@@ -61,13 +62,43 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
         "PixelwatchNotProcessing",
         "PixelwatchSimilarityDrift",
         "PixelwatchModelRefused",
+        "PixelwatchDeliveryFailures",
     }
     assert firing == alerts, f"no firing case for {alerts - firing}"
     assert quiet == alerts, f"no quiet case for {alerts - quiet}"
 
 
+def rules() -> list[dict[str, Any]]:
+    return [r for g in load("alerts.yml")["groups"] for r in g["rules"]]
+
+
 def test_the_scrape_job_is_the_one_the_alerts_select() -> None:
     jobs = {c["job_name"] for c in load("prometheus.yml")["scrape_configs"]}
-    rules = (PROMETHEUS_DIR / "alerts.yml").read_text()
     assert "pixelwatch" in jobs
-    assert 'up{job="pixelwatch"}' in rules
+    for rule in rules():
+        selectors = re.findall(r"\b(pixelwatch_\w+|up)(\{[^}]*\})?", rule["expr"])
+        assert selectors, rule["alert"]
+        for name, matchers in selectors:
+            assert matchers.startswith('{job="pixelwatch"'), (rule["alert"], name)
+
+
+def test_aggregating_alerts_keep_namespaces_apart() -> None:
+    for rule in rules():
+        for grouping in re.findall(r"\b(?:sum|max|min|count) by \(([^)]*)\)", rule["expr"]):
+            assert "namespace" in grouping.split(", "), (rule["alert"], grouping)
+
+
+def test_every_alert_links_its_runbook_entry_in_operations_md() -> None:
+    operations = (PROMETHEUS_DIR.parent / "OPERATIONS.md").read_text()
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', operations))
+    for rule in rules():
+        annotations = rule["annotations"]
+        assert "runbook" not in annotations, "Alertmanager and Grafana read runbook_url"
+        path, _, anchor = annotations["runbook_url"].partition("#")
+        assert path == "deploy/OPERATIONS.md" and anchor == rule["alert"].lower()
+        assert anchor in anchors, f"no runbook entry for {rule['alert']}"
+
+
+def test_prometheus_sends_alerts_to_an_alertmanager() -> None:
+    [manager] = load("prometheus.yml")["alerting"]["alertmanagers"]
+    assert manager["static_configs"] == [{"targets": ["alertmanager:9093"]}]

@@ -1,10 +1,11 @@
 """The worker's start-up topic creation against the real broker."""
 
+import logging
 import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.config import Settings
 from service.errors import PixelwatchError
@@ -48,9 +49,36 @@ async def test_missing_topics_are_created_once_and_existing_ones_are_left_alone(
         settings.scores_topic,
     ]
 
-    assert await ensure_topics(settings, wait=30) == wanted
-    assert await ensure_topics(settings, wait=30) == []
+    first = await ensure_topics(settings, wait=30)
+    assert first.created == wanted
+    assert first.partitions == dict.fromkeys(wanted, 3) and first.mismatched == {}
+    assert (await ensure_topics(settings, wait=30)).created == []
     assert await partition_counts(kafka_bootstrap, wanted) == dict.fromkeys(wanted, 3)
+
+
+async def test_an_existing_topic_with_another_partition_count_is_reported_and_kept(
+    kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(kafka_bootstrap, tmp_path)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.scores_topic, 1, 1)])
+    finally:
+        await admin.close()
+
+    with caplog.at_level(logging.WARNING, logger="service.kafka.topics"):
+        setup = await ensure_topics(settings, wait=30)
+
+    assert setup.mismatched == {settings.scores_topic: 1}
+    assert setup.partitions[settings.input_topic] == 3
+    [line] = [r.getMessage() for r in caplog.records if "partitions" in r.getMessage()]
+    assert line.startswith(
+        f"topic {settings.scores_topic} has 1 partitions, PIXELWATCH_PARTITIONS is 3"
+    )
+    assert await partition_counts(kafka_bootstrap, [settings.scores_topic]) == {
+        settings.scores_topic: 1
+    }
 
 
 async def test_a_topic_the_broker_refuses_fails_start_up_with_its_reason(

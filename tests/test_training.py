@@ -1,6 +1,7 @@
 """Training: reproducibility, threshold calibration, option checks, report and the CLI hook."""
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -212,3 +213,15 @@ def test_unusable_output_path_is_rejected_before_training(tmp_path: Path) -> Non
         train_and_export(SEED_TRAIN, blocker / "model.onnx", TrainOptions(epochs=100_000))
     with pytest.raises(OutputError, match=r"is a directory; give a file name"):
         train_and_export(SEED_TRAIN, tmp_path, TrainOptions(epochs=100_000))
+
+
+def test_an_output_path_that_is_a_device_or_a_pipe_is_refused_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/null")):
+        kind = target.stat().st_mode
+        with pytest.raises(OutputError, match="exists and is not a regular file"):
+            train_and_export(SEED_TRAIN, target, TrainOptions(epochs=100_000))
+        assert target.stat().st_mode == kind, f"{target} was replaced"

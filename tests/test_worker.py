@@ -1,5 +1,7 @@
 """The real worker command on the real broker: verdicts, dead letters, partitions, restarts."""
 
+import hashlib
+import re
 import signal
 import socket
 import subprocess
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from conftest import StartWorker
 from service.samples import SEED_TEST, SEED_TRAIN
@@ -134,6 +137,45 @@ async def test_a_worker_restarted_mid_stream_loses_no_message(
     assert second.stop() == 0
 
 
+async def test_log_level_error_keeps_info_and_warning_lines_of_every_library_out(
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: StartWorker
+) -> None:
+    worker = start_worker(PIXELWATCH_LOG_LEVEL="ERROR")
+    # A dead letter is logged at WARNING; start-up, joins and commits at INFO.
+    await produce(
+        kafka_bootstrap, topics.images, [(b"bad", b"{not json"), image("ok", np.zeros(64))]
+    )
+    await consume_until(
+        kafka_bootstrap, [topics.scores, topics.dlq],
+        lambda r: len(r[topics.scores]) >= 1 and len(r[topics.dlq]) >= 1, alive=worker.alive,
+    )  # fmt: skip
+    assert worker.stop() == 0
+    lines = [line for line in worker.output().splitlines() if line.strip()]
+    loud = [line for line in lines if re.search(r"\bINFO\b|\bWARNING\b|\bWARN\b", line)]
+    assert loud == [], loud[:5]
+
+
+async def test_an_instance_id_makes_the_worker_a_static_member_of_its_group(
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: StartWorker
+) -> None:
+    worker = start_worker(PIXELWATCH_GROUP_INSTANCE_ID="@hostname")
+    await produce(kafka_bootstrap, topics.images, [image("one", np.zeros(64))])
+    await consume_until(
+        kafka_bootstrap, [topics.scores], lambda r: len(r[topics.scores]) >= 1, alive=worker.alive
+    )
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    group = f"group-{topics.run}"
+    [description] = [f.result(timeout=30) for f in admin.describe_consumer_groups([group]).values()]
+    assert [m.group_instance_id for m in description.members] == [socket.gethostname()]
+    assert worker.stop() == 0
+
+
+def test_an_instance_id_kafka_would_refuse_is_refused_at_start_up() -> None:
+    result = worker_cli(env={"PIXELWATCH_GROUP_INSTANCE_ID": "pod 1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: invalid setting PIXELWATCH_GROUP_INSTANCE_ID='pod 1'")
+
+
 def worker_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`pixelwatch worker` run to its end: for start-up failures, which must exit on their own."""
     return subprocess.run(
@@ -148,6 +190,23 @@ def test_worker_refuses_a_missing_model_with_one_line(tmp_path: Path) -> None:
     assert (
         result.stderr.strip() == f"error: {tmp_path / 'none.onnx'}: model file not found "
         "(train one with `pixelwatch train`)"
+    )
+
+
+def test_a_pinned_model_digest_refuses_any_other_model_file_in_one_line(
+    seed_model_path: Path, tmp_path: Path
+) -> None:
+    digest = hashlib.sha256(seed_model_path.read_bytes()).hexdigest()
+    assert load_model(seed_model_path, sha256=digest.upper()).sha256 == digest
+    other = "0" * 64
+    result = worker_cli(
+        "--model", str(seed_model_path),
+        env={"PIXELWATCH_MODEL_SHA256": other, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {seed_model_path}: sha256 {digest} is not the pinned {other} "
+        "(PIXELWATCH_MODEL_SHA256); refusing to score with it"
     )
 
 

@@ -132,10 +132,17 @@ def worker_env(
 
 
 Outgoing = tuple[bytes | None, bytes] | tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+_EXISTING: set[tuple[str, str]] = set()  # topics seen to exist: never waited for again
 
 
 async def produce(bootstrap: str, topic: str, messages: Iterable[Outgoing]) -> None:
-    """Send (key, value) or (key, value, headers) messages and wait until all are acked."""
+    """Send (key, value) or (key, value, headers) messages and wait until all are acked.
+
+    The broker creates no topic on demand, so this first waits for `topic` to exist (a worker
+    creates its topics at start-up)."""
+    if (bootstrap, topic) not in _EXISTING:
+        await wait_for_topic(bootstrap, topic, lambda: True)
+        _EXISTING.add((bootstrap, topic))
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4_000_000
     )
@@ -164,16 +171,23 @@ async def pixelwatch_model(bootstrap: str, topics: WorkerTopics, *args: str) -> 
     return out.decode()
 
 
-def metric_value(worker: "WorkerProcess", name: str, **labels: str) -> float | None:
-    """One sample from the worker's /metrics page (None: not exported)."""
+def metric_samples(worker: "WorkerProcess", name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample named `name` on the worker's /metrics page: (labels, value)."""
     port = worker.env["PIXELWATCH_METRICS_PORT"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return None
+    return [
+        (dict(sample.labels), float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def metric_value(worker: "WorkerProcess", name: str, **labels: str) -> float | None:
+    """One sample from the worker's /metrics page (None: not exported)."""
+    found = [value for got, value in metric_samples(worker, name) if got == labels]
+    return found[0] if found else None
 
 
 async def wait_for_topic(

@@ -38,6 +38,16 @@ DRIFT_ALERT: Final = 0.2
 
 # `$__rate_interval` is at least four scrape intervals, so rate() always has two samples.
 RATE: Final = "$__rate_interval"
+# Every query selects the job and namespace picked at the top of the dashboard, so workers of
+# another deployment (another namespace, another scrape job) never mix in. A target without a
+# namespace label (Docker Compose) matches the default, All (.*).
+SELECTOR: Final = 'job=~"$job", namespace=~"$namespace"'
+
+
+def series(name: str, matchers: str = "") -> str:
+    """`name{job, namespace and matchers}`: a metric of the selected workers."""
+    return f"{name}{{{SELECTOR}{', ' + matchers if matchers else ''}}}"
+
 
 Target = prometheus.Dataquery
 Panel = timeseries.Panel | stat.Panel | table.Panel | heatmap.Panel
@@ -52,7 +62,8 @@ def quantiles(histogram: str, *, by: str = "") -> list[Target]:
     labels = f"le{', ' + by if by else ''}"
     return [
         query(
-            f"histogram_quantile({q}, sum by ({labels}) (rate({histogram}_bucket[{RATE}])))",
+            f"histogram_quantile({q}, sum by ({labels}) "
+            f"(rate({series(histogram + '_bucket')}[{RATE}])))",
             legend=f"p{round(q * 100)}",
             ref=ref,
         )
@@ -86,7 +97,12 @@ def throughput() -> timeseries.Panel:
         graph(
             "Images per second by outcome",
             "Scored images (normal, anomaly) and invalid ones sent to the dead-letter topic.",
-            [query(f"sum by (outcome) (rate(pixelwatch_images_total[{RATE}]))", "{{outcome}}")],
+            [
+                query(
+                    f"sum by (outcome) (rate({series('pixelwatch_images_total')}[{RATE}]))",
+                    "{{outcome}}",
+                )
+            ],
             "short",
         )
         .stacking(common.StackingConfig().mode(common_model.StackingMode.NORMAL))
@@ -95,10 +111,9 @@ def throughput() -> timeseries.Panel:
 
 
 def anomaly_rate() -> timeseries.Panel:
-    share = (
-        f'sum(rate(pixelwatch_images_total{{outcome="anomaly"}}[{RATE}]))'
-        f' / sum(rate(pixelwatch_images_total{{outcome=~"normal|anomaly"}}[{RATE}]))'
-    )
+    anomalies = series("pixelwatch_images_total", 'outcome="anomaly"')
+    scored = series("pixelwatch_images_total", 'outcome=~"normal|anomaly"')
+    share = f"sum(rate({anomalies}[{RATE}])) / sum(rate({scored}[{RATE}]))"
     return (
         graph(
             "Anomaly rate",
@@ -143,7 +158,7 @@ def workers() -> stat.Panel:
     return single(
         "Workers",
         "Workers whose /metrics Prometheus scrapes successfully.",
-        query("count(pixelwatch_model_info)", "workers"),
+        query(f"count({series('pixelwatch_model_info')})", "workers"),
         "none",
     )
 
@@ -152,7 +167,7 @@ def threshold() -> stat.Panel:
     return single(
         "Anomaly threshold",
         "A similarity strictly below this is an anomaly (the model's, or PIXELWATCH_THRESHOLD).",
-        query("max(pixelwatch_threshold)", "threshold"),
+        query(f"max({series('pixelwatch_threshold')})", "threshold"),
         "none",
     ).decimals(3)
 
@@ -167,9 +182,10 @@ def similarity_heatmap() -> heatmap.Panel:
         )
         .datasource(DATASOURCE)
         .with_target(
-            query(f"sum by (le) (increase(pixelwatch_similarity_bucket[{RATE}]))", "{{le}}").format(
-                PromQueryFormat.HEATMAP
-            )
+            query(
+                f"sum by (le) (increase({series('pixelwatch_similarity_bucket')}[{RATE}]))",
+                "{{le}}",
+            ).format(PromQueryFormat.HEATMAP)
         )
         .calculate(False)
         .y_axis(heatmap.YAxisConfig().unit("none").decimals(2).min(0).max(1))
@@ -189,9 +205,8 @@ def similarity_heatmap() -> heatmap.Panel:
 
 def similarity_quantiles() -> timeseries.Panel:
     def q(level: float, ref: str) -> Target:
-        expr = (
-            f"histogram_quantile({level}, sum by (le) (rate(pixelwatch_similarity_bucket[{RATE}])))"
-        )
+        buckets = series("pixelwatch_similarity_bucket")
+        expr = f"histogram_quantile({level}, sum by (le) (rate({buckets}[{RATE}])))"
         return query(expr, f"p{round(level * 100)} similarity", ref)
 
     dashed = model.DynamicConfigValue(
@@ -205,7 +220,7 @@ def similarity_quantiles() -> timeseries.Panel:
             [
                 q(0.05, "A"),
                 q(0.5, "B"),
-                query("max(pixelwatch_threshold)", "threshold", "C"),
+                query(f"max({series('pixelwatch_threshold')})", "threshold", "C"),
             ],
             "none",
         )
@@ -238,8 +253,8 @@ def end_to_end_latency() -> timeseries.Panel:
 
 def batch_size() -> timeseries.Panel:
     mean = (
-        f"sum(rate(pixelwatch_batch_size_sum[{RATE}]))"
-        f" / sum(rate(pixelwatch_batch_size_count[{RATE}]))"
+        f"sum(rate({series('pixelwatch_batch_size_sum')}[{RATE}]))"
+        f" / sum(rate({series('pixelwatch_batch_size_count')}[{RATE}]))"
     )
     return graph(
         "Batch size",
@@ -254,7 +269,12 @@ def dead_letters() -> timeseries.Panel:
         graph(
             "Dead letters per second by reason",
             "Messages sent to the dead-letter topic; each keeps its bytes and an error header.",
-            [query(f"sum by (reason) (rate(pixelwatch_dlq_total[{RATE}]))", "{{reason}}")],
+            [
+                query(
+                    f"sum by (reason) (rate({series('pixelwatch_dlq_total')}[{RATE}]))",
+                    "{{reason}}",
+                )
+            ],
             "short",
         )
         .stacking(common.StackingConfig().mode(common_model.StackingMode.NORMAL))
@@ -266,7 +286,12 @@ def consumer_lag() -> timeseries.Panel:
     return graph(
         "Consumer lag by partition",
         "Messages in each input partition not yet committed by the group.",
-        [query("sum by (topic, partition) (pixelwatch_consumer_lag)", "{{topic}}[{{partition}}]")],
+        [
+            query(
+                f"sum by (topic, partition) ({series('pixelwatch_consumer_lag')})",
+                "{{topic}}[{{partition}}]",
+            )
+        ],
         "short",
     ).span(12)
 
@@ -280,8 +305,12 @@ def model_info() -> table.Panel:
         .datasource(DATASOURCE)
         .targets(
             [
-                query("pixelwatch_model_info", ref="A").format(PromQueryFormat.TABLE).instant(),
-                query("pixelwatch_threshold", ref="B").format(PromQueryFormat.TABLE).instant(),
+                query(series("pixelwatch_model_info"), ref="A")
+                .format(PromQueryFormat.TABLE)
+                .instant(),
+                query(series("pixelwatch_threshold"), ref="B")
+                .format(PromQueryFormat.TABLE)
+                .instant(),
             ]
         )
         .with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
@@ -292,7 +321,43 @@ def model_info() -> table.Panel:
             )
         )
         .height(6)
-        .span(12)
+        .span(16)
+    )
+
+
+def topic_partitions() -> table.Panel:
+    hidden = {name: True for name in ("Time",)}
+    return (
+        table.Panel()
+        .title("Topic partitions")
+        .description(
+            "Partitions of each topic as the workers found them at start-up; mismatch 1 means "
+            "it differs from PIXELWATCH_PARTITIONS (the input topic's count bounds how many "
+            "workers share the work)."
+        )
+        .datasource(DATASOURCE)
+        .targets(
+            [
+                query(f"max by (topic) ({series('pixelwatch_topic_partitions')})", ref="A")
+                .format(PromQueryFormat.TABLE)
+                .instant(),
+                query(f"max by (topic) ({series('pixelwatch_topic_partitions_mismatch')})", ref="B")
+                .format(PromQueryFormat.TABLE)
+                .instant(),
+            ]
+        )
+        .with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": hidden,
+                    "renameByName": {"Value #A": "partitions", "Value #B": "mismatch"},
+                },
+            )
+        )
+        .height(6)
+        .span(8)
     )
 
 
@@ -305,9 +370,11 @@ def delivery() -> timeseries.Panel:
         "Messages consumed and committed per second, and consumed messages whose outputs "
         "the broker has not confirmed yet (consuming pauses at PIXELWATCH_MAX_IN_FLIGHT).",
         [
-            query(f"sum(rate(pixelwatch_batch_size_sum[{RATE}]))", "consumed/s", "A"),
-            query(f"sum(deriv(pixelwatch_committed_offset[{RATE}]))", "committed/s", "B"),
-            query("sum(pixelwatch_unconfirmed_messages)", "unconfirmed", "C"),
+            query(f"sum(rate({series('pixelwatch_batch_size_sum')}[{RATE}]))", "consumed/s", "A"),
+            query(
+                f"sum(deriv({series('pixelwatch_committed_offset')}[{RATE}]))", "committed/s", "B"
+            ),
+            query(f"sum({series('pixelwatch_unconfirmed_messages')})", "unconfirmed", "C"),
         ],
         "short",
     ).span(6)
@@ -321,7 +388,8 @@ def delivery_failures() -> timeseries.Panel:
         "letter stops the worker. Empty in a healthy system.",
         [
             query(
-                f"sum by (topic, reason) (rate(pixelwatch_delivery_failures_total[{RATE}]))",
+                "sum by (topic, reason) "
+                f"(rate({series('pixelwatch_delivery_failures_total')}[{RATE}]))",
                 "{{topic}} {{reason}}",
             )
         ],
@@ -349,7 +417,7 @@ def drift() -> timeseries.Panel:
             "Per live model version: the largest gap between the share of the drift window's "
             "images and the share of the model's normal reference images below any similarity "
             "(two-sample KS distance). The dashed line is the alert threshold.",
-            [query("max by (version) (pixelwatch_similarity_drift)", "{{version}}")],
+            [query(f"max by (version) ({series('pixelwatch_similarity_drift')})", "{{version}}")],
             "none",
         )
         .min(0)
@@ -363,7 +431,7 @@ def window_anomaly_rate() -> timeseries.Panel:
         "Anomaly rate over the drift window",
         "Share of the drift window's images (PIXELWATCH_DRIFT_WINDOW, all workers) flagged, "
         "per live model version. Compare with the model's false-positive rate on normal images.",
-        [query("max by (version) (pixelwatch_anomaly_rate)", "{{version}}")],
+        [query(f"max by (version) ({series('pixelwatch_anomaly_rate')})", "{{version}}")],
         "percentunit",
     ).min(0)
 
@@ -372,7 +440,7 @@ def window_images() -> stat.Panel:
     return single(
         "Images in the drift window",
         "Scored images the drift window holds; drift is reported from PIXELWATCH_DRIFT_MIN_IMAGES.",
-        query("max(pixelwatch_drift_window_images)", "images"),
+        query(f"max({series('pixelwatch_drift_window_images')})", "images"),
         "short",
     ).span(4)
 
@@ -383,7 +451,7 @@ def suggested_threshold() -> stat.Panel:
             "Suggested threshold (not applied)",
             "The threshold that would flag the model's calibrated false-positive rate of the drift "
             "window, when PIXELWATCH_SUGGEST_THRESHOLD is on. Workers never apply it.",
-            query("max(pixelwatch_suggested_threshold)", "suggested"),
+            query(f"max({series('pixelwatch_suggested_threshold')})", "suggested"),
             "none",
         )
         .decimals(2)
@@ -398,7 +466,7 @@ def reloads() -> timeseries.Panel:
         "or the check that refused it. A refused model leaves the live one scoring.",
         [
             query(
-                f"sum by (result) (increase(pixelwatch_model_reloads_total[{RATE}]))",
+                f"sum by (result) (increase({series('pixelwatch_model_reloads_total')}[{RATE}]))",
                 "{{result}}",
             )
         ],
@@ -407,10 +475,10 @@ def reloads() -> timeseries.Panel:
 
 
 def shadow_agreement() -> timeseries.Panel:
-    agree = (
-        f'sum(rate(pixelwatch_shadow_verdicts_total{{verdict=~"both_.*"}}[{RATE}]))'
-        f" / sum(rate(pixelwatch_shadow_verdicts_total[{RATE}]))"
-    )
+    verdicts = series("pixelwatch_shadow_verdicts_total")
+    both = series("pixelwatch_shadow_verdicts_total", 'verdict=~"both_.*"')
+    only = series("pixelwatch_shadow_verdicts_total", 'verdict=~".*_only"')
+    agree = f"sum(rate({both}[{RATE}])) / sum(rate({verdicts}[{RATE}]))"
     return graph(
         "Shadow model: verdicts agreeing with the live model",
         "Share of images on which the shadow model and the live model agree (both normal or "
@@ -418,8 +486,7 @@ def shadow_agreement() -> timeseries.Panel:
         [
             query(agree, "agree", "A"),
             query(
-                f'sum by (verdict) (rate(pixelwatch_shadow_verdicts_total{{verdict=~".*_only"}}'
-                f"[{RATE}])) / scalar(sum(rate(pixelwatch_shadow_verdicts_total[{RATE}])))",
+                f"sum by (verdict) (rate({only}[{RATE}])) / scalar(sum(rate({verdicts}[{RATE}])))",
                 "{{verdict}}",
                 "B",
             ),
@@ -432,7 +499,7 @@ def shadow_difference() -> timeseries.Panel:
     def q(level: float, ref: str) -> Target:
         expr = (
             f"histogram_quantile({level}, sum by (le) "
-            f"(rate(pixelwatch_shadow_similarity_difference_bucket[{RATE}])))"
+            f"(rate({series('pixelwatch_shadow_similarity_difference_bucket')}[{RATE}])))"
         )
         return query(expr, f"p{round(level * 100)}", ref)
 
@@ -450,8 +517,14 @@ def model_versions() -> timeseries.Panel:
         "Model version over time",
         "Workers scoring with each live model version, and with each shadow version.",
         [
-            query("count by (version) (pixelwatch_model_info)", "live {{version}}", "A"),
-            query("count by (version) (pixelwatch_shadow_model_info)", "shadow {{version}}", "B"),
+            query(
+                f"count by (version) ({series('pixelwatch_model_info')})", "live {{version}}", "A"
+            ),
+            query(
+                f"count by (version) ({series('pixelwatch_shadow_model_info')})",
+                "shadow {{version}}",
+                "B",
+            ),
         ],
         "none",
     ).span(24)
@@ -460,9 +533,23 @@ def model_versions() -> timeseries.Panel:
 def build() -> model.Dashboard:
     variables = [
         dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"),
+        dashboard.QueryVariable("job")
+        .label("Job")
+        .datasource(DATASOURCE)
+        .query("label_values(pixelwatch_model_info, job)")
+        .current(model.VariableOption(selected=True, text="pixelwatch", value="pixelwatch"))
+        .refresh(model.VariableRefresh.ON_DASHBOARD_LOAD),
+        dashboard.QueryVariable("namespace")
+        .label("Namespace")
+        .datasource(DATASOURCE)
+        .query('label_values(pixelwatch_model_info{job=~"$job"}, namespace)')
+        .include_all(True)
+        .all_value(".*")
+        .current(model.VariableOption(selected=True, text="All", value="$__all"))
+        .refresh(model.VariableRefresh.ON_DASHBOARD_LOAD),
         dashboard.QueryVariable("threshold")
         .datasource(DATASOURCE)
-        .query("query_result(max(pixelwatch_threshold))")
+        .query(f"query_result(max({series('pixelwatch_threshold')}))")
         # query_result lines read `{} 0.6 1712345678000`: keep the value.
         .regex(r"/\} (\S+) /")
         .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
@@ -496,6 +583,7 @@ def build() -> model.Dashboard:
         .with_panel(consumer_lag())
         .with_row(dashboard.Row("Model and delivery"))
         .with_panel(model_info())
+        .with_panel(topic_partitions())
         .with_panel(delivery())
         .with_panel(delivery_failures())
         .with_row(dashboard.Row("Model lifecycle and drift"))

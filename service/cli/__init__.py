@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("service.cli.worker", "run the stream worker on Kafka"),
     "model": ("service.cli.model", "publish, list, roll back, promote and watch models"),
     "produce": ("service.cli.produce", "send images from a file to the input topic"),
+    "dlq": ("service.cli.dlq", "replay dead letters to the input topic"),
     "broker": ("service.cli.broker", "run a local single-node Apache Kafka for development"),
     "demo": ("service.cli.demo", "train, stream and show live anomalies end to end"),
 }

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 
 from service.cli.produce import produce
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.errors import PixelwatchError
 from service.kafka.broker import LocalBroker, free_port
 from service.kafka.options import client_options
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     with kafka(env_bootstrap) as (bootstrap, fresh):
         # On a shared broker, private topic names keep the demo away from real traffic.
         suffix = "" if fresh else f".demo-{secrets.token_hex(3)}"
-        settings = Settings(
+        settings = load_settings(
             bootstrap=bootstrap,
             group_id=f"pixelwatch-demo{suffix}",
             input_topic=f"pixelwatch.images{suffix}",

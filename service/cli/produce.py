@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from rich.progress import Progress
 
 from service.cli.inputs import add_input_options, report_skipped
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.errors import PixelwatchError
+from service.kafka.diagnose import quiet_bootstrap, unavailable
 from service.kafka.options import client_options
+from service.observability.logs import use_level
 from service.schemas import HEADER_FORMAT, HEADER_ID
 from service.scoring.images import ImageShape, Pixels, read_images
 from service.scoring.model import load_model
@@ -102,8 +105,8 @@ async def produce(
     """Send images[i] with id ids[i] (cycling `images`); returns how many images Kafka
     acknowledged. `rate` is in images per second."""
     producer = AIOKafkaProducer(**client_options(settings), linger_ms=5, acks="all")
-    await producer.start()
     target = topic or settings.input_topic
+    await _connect(producer, settings, target)
     pending: list[asyncio.Future[object]] = []
     started = time.monotonic()
     try:
@@ -131,19 +134,41 @@ async def produce(
     return len(ids)
 
 
+async def _connect(producer: AIOKafkaProducer, settings: Settings, topic: str) -> None:
+    """Start `producer`, or say in one line why not: no broker, refused, or no such topic."""
+    try:
+        with quiet_bootstrap():
+            await producer.start()
+    except KafkaConnectionError:
+        await producer.stop()
+        raise await unavailable(settings, "no server answered") from None
+    # The broker creates no topic on demand (and should not): without this check a send
+    # would wait for the topic's metadata until it times out.
+    metadata = await producer.client.fetch_all_metadata()
+    if topic not in metadata.topics():
+        await producer.stop()
+        raise PixelwatchError(
+            f"topic {topic} does not exist on {settings.bootstrap}; a worker creates its "
+            "topics when it starts (or create it yourself)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.rate < 0:
+        raise PixelwatchError(f"--rate {args.rate:g} is negative (0 sends as fast as possible)")
+    if args.count is not None and args.count < 1:
+        raise PixelwatchError("--count must be at least 1")
+    if args.per_message < 1:
+        raise PixelwatchError("--per-message must be at least 1")
     overrides = {k: v for k, v in {"bootstrap": args.bootstrap}.items() if v}
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
+    use_level(settings.log_level)
     shape = load_model(args.model).shape if args.model else ImageShape(args.width, args.height)
     images = read_images(args.path, shape, binarize=args.binarize, skip_bad=args.skip_bad)
     report_skipped(images.skipped, sys.stderr)
     count = args.count if args.count is not None else len(images)
     if count < 1:
-        raise PixelwatchError("--count must be at least 1")
-    if args.rate < 0:
-        raise PixelwatchError(f"--rate {args.rate:g} is negative (0 sends as fast as possible)")
-    if args.per_message < 1:
-        raise PixelwatchError("--per-message must be at least 1")
+        raise PixelwatchError(f"{args.path}: no images to send")
     if args.format == "bits" and not np.isin(images.pixels, (0.0, 1.0)).all():
         raise PixelwatchError(f"{args.path}: --format bits needs binary images (0 or 1 only)")
     prefix = args.id_prefix or f"{Path(args.path).stem}-{secrets.token_hex(3)}"

@@ -8,19 +8,20 @@ import signal
 import socket
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
-from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.dataplane.pipeline import BatchScorer
 from service.errors import PixelwatchError
-from service.kafka.topics import ensure_topics
+from service.kafka.topics import TopicSetup, ensure_topics
+from service.observability.logs import throttle_handlers, use_level
 from service.scoring.model import Model, load_model
 from service.scoring.similarity import METRICS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # flag -> Settings field; every flag defaults to None so the environment applies unless given.
 FLAGS: dict[str, tuple[str, type, str]] = {
@@ -57,13 +58,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {
         n: getattr(args, n) for n in names if getattr(args, n, None) is not None
     }
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        where = f"{field}: " if field else ""
-        raise PixelwatchError(f"invalid setting {where}{first['msg']}") from None
+    return load_settings(**overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,19 +67,22 @@ def run(args: argparse.Namespace) -> int:
     # faust's worker replaces this handler with its orderly shutdown once it runs.
     signal.signal(signal.SIGTERM, _stop_before_start)
     settings = settings_from_args(args)
+    use_level(settings.log_level)
     checked = check_model_file(settings)  # a model file given but unusable: fail before Kafka
     prepare_data_dir(settings.data_dir)
     check_metrics_port(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    topics = ensure_topics(settings, settings.connect_timeout)
-    if not loop.run_until_complete(_unless_stopped(topics)):
+    topics = loop.run_until_complete(
+        _unless_stopped(ensure_topics(settings, settings.connect_timeout))
+    )
+    if topics is None:
         return 0
-    return start_worker(settings, checked, loop)
+    return start_worker(settings, checked, loop, topics)
 
 
-async def _unless_stopped(work: Coroutine[Any, Any, object]) -> bool:
-    """Run `work` unless SIGTERM or SIGINT comes first (then cancel it); False if stopped.
+async def _unless_stopped(work: Coroutine[Any, Any, T]) -> T | None:
+    """Run `work` unless SIGTERM or SIGINT comes first (then cancel it); None if stopped.
 
     The event loop's own signal handling, rather than an exception raised from a handler at
     whatever line the signal happens to interrupt, so no library's cleanup can swallow it.
@@ -99,22 +97,22 @@ async def _unless_stopped(work: Coroutine[Any, Any, object]) -> bool:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop, int(sig))
-    task: asyncio.Future[object] = asyncio.ensure_future(work)
+    task: asyncio.Future[T] = asyncio.ensure_future(work)
     try:
-        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [task, stopped]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
         # Until faust installs its own, a late SIGTERM still ends start-up at once.
         signal.signal(signal.SIGTERM, _stop_before_start)
     if not stopped.done():
-        task.result()  # raises what start-up raised
-        return True
+        return task.result()  # raises what start-up raised
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     log.info("stopped during start-up (signal %s)", stopped.result())
-    return False
+    return None
 
 
 def _stop_before_start(signum: int, frame: object) -> None:
@@ -128,7 +126,7 @@ def check_model_file(settings: Settings) -> Model | None:
     start-up with one line."""
     if "model" not in settings.model_fields_set and not settings.model.exists():
         return None
-    model = load_model(settings.model, threads=settings.onnx_threads)
+    model = load_model(settings.model, threads=settings.onnx_threads, sha256=settings.model_sha256)
     scorer = scorer_for(settings, model)
     log.info(
         "model %s: %s %s, metric %s, threshold %.3f",
@@ -181,8 +179,18 @@ def check_metrics_port(settings: Settings) -> None:
             ) from None
 
 
+class _Worker(faust.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        # mode has just replaced the log handlers: rate-limit the Kafka clients' lines there.
+        throttle_handlers(logger)
+
+
 def start_worker(
-    settings: Settings, file_model: Model | None, loop: asyncio.AbstractEventLoop
+    settings: Settings,
+    file_model: Model | None,
+    loop: asyncio.AbstractEventLoop,
+    topics: TopicSetup,
 ) -> int:
     from prometheus_client import REGISTRY
 
@@ -221,6 +229,7 @@ def start_worker(
     lifecycle.start(records, lifecycle.adopt_file(file_model) if file_model else None)
     scorer, shadow = lifecycle.scorers()
 
+    metrics.describe_topics(topics.partitions, topics.expected)
     app = create_app(settings)
     drift = DriftReporter(app, settings)
     status = DataPathStatus()
@@ -268,7 +277,7 @@ def start_worker(
                 lifecycle.on_file,
             )
         )
-    worker = faust.Worker(app, *services, loop=loop, loglevel=settings.log_level, quiet=True)
+    worker = _Worker(app, *services, loop=loop, loglevel=settings.log_level, quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

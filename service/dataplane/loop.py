@@ -147,6 +147,7 @@ class DataPlane:
             "on_commit": self._committed_offsets,
             "error_cb": self._client_error,
             "logger": logging.getLogger("pixelwatch.librdkafka"),
+            **static_membership(s),
         }
 
     def producer_config(self) -> dict[str, Any]:
@@ -162,6 +163,9 @@ class DataPlane:
             # failures are reported, and barriers (flush) confirm the rest.
             "delivery.report.only.error": True,
             "on_delivery": self._delivered,
+            # A deleted output topic stays deleted: its records fail and are dead-lettered,
+            # even on a broker that would create topics on demand.
+            "allow.auto.create.topics": False,
             "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
             "error_cb": self._client_error,
             "logger": logging.getLogger("pixelwatch.librdkafka"),
@@ -365,7 +369,7 @@ class DataPlane:
             return
         if topic == self.settings.dlq_topic:
             self._delivery_failed(topic, error, False)
-            if error.code() in _SIZE_ERRORS and value is not None and not _is_marker(value):
+            if error.code() in _SIZE_ERRORS and value is not None and not is_marker(value):
                 # Too large for the DLQ topic: keep the headers, replace the value.
                 self._produce(topic, record.key(), marker(value), _pairs(record))
                 return
@@ -517,6 +521,13 @@ class DataPlane:
             log.warning("Kafka: %s: %s%s", error.name(), clean(error.str()), suffix)
 
 
+def static_membership(settings: Settings) -> dict[str, Any]:
+    """`group.instance.id` when asked for: a worker restarted in place (same pod or container,
+    same id) within the session timeout gets its partitions back without a rebalance."""
+    instance = settings.instance_id
+    return {"group.instance.id": instance} if instance else {}
+
+
 def partition_lag(highwater: int, committed: int | None, low: int) -> int:
     """Messages behind in one partition: the high watermark minus the committed offset (the
     next one to read). Before the group's first commit there, all that is retained is."""
@@ -530,7 +541,7 @@ def marker(value: bytes) -> bytes:
     return orjson.dumps({"pixelwatch_truncated": True, "size": len(value), "sha256": digest})
 
 
-def _is_marker(value: bytes) -> bool:
+def is_marker(value: bytes) -> bool:
     return value.startswith(b'{"pixelwatch_truncated":true')
 
 

@@ -19,12 +19,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Final, Self
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from service.config import Settings
 from service.errors import PixelwatchError
 
 KAFKA_VERSION = "4.1.1"
@@ -46,6 +48,10 @@ logger.started.name = kafka.server.KafkaRaftServer
 logger.started.level = INFO
 """
 STARTED_LINE = "Kafka Server started"
+# Topics are created by the worker (or by you), never by a client that merely names one: a
+# deleted output topic must stay deleted, not come back with some other partition count.
+DEFAULT_PARTITIONS: Final = int(Settings.model_fields["partitions"].default)
+SCRAM_MECHANISM: Final = "SCRAM-SHA-512"
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,13 @@ def default_cache_dir() -> Path:
 
 
 class LocalBroker:
-    """One Kafka process listening on 127.0.0.1:`port`; use as a context manager."""
+    """One Kafka process listening on 127.0.0.1:`port`; use as a context manager.
+
+    `listeners` adds listeners beside the PLAINTEXT one, e.g. `{"SASL_PLAINTEXT": 9093}`
+    (the name is also the security protocol); `scram_users` ({user: password}) are created
+    as SCRAM-SHA-512 credentials when the storage is formatted; `properties` are added to, or
+    override, the generated server.properties.
+    """
 
     def __init__(
         self,
@@ -74,9 +86,16 @@ class LocalBroker:
         data_dir: Path | None = None,
         cache_dir: Path | None = None,
         controller_port: int | None = None,
+        *,
+        listeners: Mapping[str, int] | None = None,
+        scram_users: Mapping[str, str] | None = None,
+        properties: Mapping[str, str] | None = None,
     ) -> None:
         self.port = port
         self.controller_port = controller_port
+        self.listeners = dict(listeners or {})
+        self.scram_users = dict(scram_users or {})
+        self.properties = dict(properties or {})
         self._data_dir = data_dir
         self._cache_dir = cache_dir
         self._owns_data_dir = data_dir is None
@@ -113,6 +132,14 @@ class LocalBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would: no clean shutdown. The data dir, ports and
+        lock stay this object's, so `start()` brings the same broker back."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
     def start(self, timeout: float = 120.0) -> None:
         if self._proc is not None:
             return
@@ -131,15 +158,23 @@ class LocalBroker:
 
     def _launch(self, java: str, libs: Path, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_data_dir()
-        controller_port = self.controller_port or free_port()
-        _check_port_free(controller_port)
-        config = self._write_config(controller_port)
+        if self._lock is None:  # still held after kill(): the same broker comes back
+            self._lock_data_dir()
+        # Kept, so a restart on this data dir finds its controller where the log says it is.
+        self.controller_port = self.controller_port or free_port()
+        _check_port_free(self.controller_port)
+        for port in self.listeners.values():
+            _check_port_free(port)
+        config = self._write_config(self.controller_port)
         options = [f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"]
         options += ["-cp", str(libs / "*")]
         if not (self.data_dir / "kafka-logs" / "meta.properties").exists():
             # A short-lived tool: the quick C1 compiler alone saves start-up CPU.
-            _format_storage([java, "-XX:TieredStopAtLevel=1", *options], config)
+            scram = [
+                f"{SCRAM_MECHANISM}=[name={user},password={password}]"
+                for user, password in self.scram_users.items()
+            ]
+            _format_storage([java, "-XX:TieredStopAtLevel=1", *options], config, scram)
         log.debug("starting Kafka %s on %s", KAFKA_VERSION, self.bootstrap)
         with self.log_file.open("wb") as out:
             # Own session: a Ctrl-C in the terminal reaches only us, and we stop Kafka in order.
@@ -193,18 +228,21 @@ class LocalBroker:
         self._lock = lock
 
     def _write_config(self, controller_port: int) -> Path:
+        ports = {"PLAINTEXT": self.port, **self.listeners}
+        served = ",".join(f"{name}://127.0.0.1:{port}" for name, port in ports.items())
+        protocols = {name: name for name in ports} | {"CONTROLLER": "PLAINTEXT"}
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"{served},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": served,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(f"{k}:{v}" for k, v in protocols.items()),
             "log.dirs": str(self.data_dir / "kafka-logs"),
-            "num.partitions": "1",
-            "auto.create.topics.enable": "true",
+            "num.partitions": str(DEFAULT_PARTITIONS),
+            "auto.create.topics.enable": "false",
             # A single node cannot hold the default 3 replicas of the internal topics.
             "offsets.topic.replication.factor": "1",
             "transaction.state.log.replication.factor": "1",
@@ -214,6 +252,14 @@ class LocalBroker:
             # Consumers in tests and demos should get their partitions at once.
             "group.initial.rebalance.delay.ms": "0",
         }
+        if any(name.startswith("SASL") for name in self.listeners):
+            settings["sasl.enabled.mechanisms"] = SCRAM_MECHANISM
+            for name in self.listeners:
+                prefix = f"listener.name.{name.lower()}.{SCRAM_MECHANISM.lower()}"
+                settings[f"{prefix}.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
+        settings |= self.properties
         (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
@@ -300,10 +346,12 @@ def resolve_jars(cache_dir: Path) -> Path:
     return libs
 
 
-def _format_storage(jvm: list[str], config: Path) -> None:
+def _format_storage(jvm: list[str], config: Path, scram: list[str]) -> None:
     """Format the log dir as a single-node dynamic (standalone) KRaft quorum."""
     command = [*jvm, "kafka.tools.StorageTool", "format", "--standalone"]
     command += ["--config", str(config), "--cluster-id", new_cluster_id()]
+    for credential in scram:
+        command += ["--add-scram", credential]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BrokerError(

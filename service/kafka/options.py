@@ -9,6 +9,7 @@ from aiokafka.helpers import create_ssl_context
 from faust.auth import Credentials
 
 from service.config import Settings
+from service.observability.logs import librdkafka_level
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -58,6 +59,7 @@ def librdkafka_config(settings: Settings) -> dict[str, str | int | float | bool]
         "bootstrap.servers": ",".join(settings.bootstrap_servers),
         "security.protocol": settings.security_protocol.lower(),
         "client.id": "pixelwatch",
+        "log_level": librdkafka_level(settings.log_level),
     }
     if settings.security_protocol.startswith("SASL"):
         assert settings.sasl_password is not None  # Settings validated this

@@ -116,7 +116,7 @@ class ModelLifecycle:
     def adopt_file(self, model: Model) -> Loaded:
         """The model file at start-up, checked like any other; a refusal ends start-up."""
         try:
-            validated = self._validate(model.path.read_bytes(), None, None, None)
+            validated = self._validate(model.path.read_bytes(), self._pin, None, None)
         except Refused as exc:
             self.counted(exc.reason)
             raise ModelError(f"{model.path}: refused ({exc.reason}): {exc.text}") from None
@@ -234,12 +234,19 @@ class ModelLifecycle:
     def _try_file(self, data: bytes) -> Loaded | None:
         shape = self.live.model.shape if self.live else None
         try:
-            validated = self._validate(data, None, shape, None)
+            # A pinned model (PIXELWATCH_MODEL_SHA256): a changed file is refused like a
+            # corrupt one, and the pinned model keeps scoring.
+            validated = self._validate(data, self._pin, shape, None)
         except Refused as exc:
             self._refused(f"model file {self.settings.model}", exc)
             return None
         self.counted(None)
         return Loaded(validated.model, str(self.settings.model))
+
+    @property
+    def _pin(self) -> str | None:
+        pinned = self.settings.model_sha256
+        return pinned.lower() if pinned else None
 
     def _validate(
         self, data: bytes, sha256: str | None, shape: ImageShape | None, version: str | None

@@ -155,6 +155,19 @@ class WorkerMetrics:
             DIFFERENCE_BUCKETS,
             registry,
         )
+        self.topic_partitions = Gauge(
+            "pixelwatch_topic_partitions",
+            "Partitions of each of the worker's topics, as found at start-up",
+            ["topic"],
+            registry=registry,
+        )
+        self.topic_partitions_mismatch = Gauge(
+            "pixelwatch_topic_partitions_mismatch",
+            "1 when a topic's partition count differs from PIXELWATCH_PARTITIONS (it is used "
+            "as it is; the input topic's count bounds how many workers share the work)",
+            ["topic"],
+            registry=registry,
+        )
         # Every label value exists from the start, at 0, so rate() and the alerts see a
         # series before the first image (or the first dead letter of a kind) arrives.
         for outcome in OUTCOMES:
@@ -193,6 +206,12 @@ class WorkerMetrics:
     def reloaded(self, refused: str | None) -> None:
         """One model offered to the worker: `refused` is the check that failed, or None."""
         self.reloads.labels(refused or "ok").inc()
+
+    def describe_topics(self, partitions: Mapping[str, int], expected: int) -> None:
+        """Publish each topic's partition count and whether it is the configured one."""
+        for topic, count in partitions.items():
+            self.topic_partitions.labels(topic).set(count)
+            self.topic_partitions_mismatch.labels(topic).set(int(count != expected))
 
     def observe_batch(self, result: BatchResult, seconds: float) -> None:
         """A `BatchObserver`: count one batch's outcomes once its outputs are handed over."""

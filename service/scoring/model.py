@@ -9,7 +9,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -129,18 +128,17 @@ class ScoredBatch:
 class Model:
     """A validated scoring graph with one onnxruntime session, created once."""
 
-    def __init__(self, path: Path, metadata: ModelMetadata, session: ort.InferenceSession) -> None:
+    def __init__(
+        self, path: Path, metadata: ModelMetadata, session: ort.InferenceSession, sha256: str
+    ) -> None:
         self.path = path
         self.metadata = metadata
         self._session = session
+        self.sha256 = sha256  # of the very bytes the session was built from
 
     @property
     def shape(self) -> ImageShape:
         return self.metadata.shape
-
-    @cached_property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
     @property
     def version(self) -> str:
@@ -168,24 +166,46 @@ class Model:
         )
 
 
-def load_model(path: Path | str, *, threads: int = 1) -> Model:
-    """Open and validate a scoring graph; refuse anything the runtime could not score with."""
+def verify_sha256(data: bytes, expected: str | None, source: str) -> str:
+    """The sha256 of a model's bytes; a ModelError unless it is `expected` (when given).
+
+    `PIXELWATCH_MODEL_SHA256` pins the model a worker may score with: a file replaced on disk,
+    by mistake or not, is refused before anything is built from it.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    if expected is not None and digest != expected.lower():
+        raise ModelError(
+            f"{source}: sha256 {digest} is not the pinned {expected.lower()} "
+            "(PIXELWATCH_MODEL_SHA256); refusing to score with it"
+        )
+    return digest
+
+
+def load_model(path: Path | str, *, threads: int = 1, sha256: str | None = None) -> Model:
+    """Open and validate a scoring graph; refuse anything the runtime could not score with,
+    and, when `sha256` is given, anything but the file with that digest."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: model file not found (train one with `pixelwatch train`)")
+    try:
+        # Read once: the digest checked is the digest of the bytes that are loaded.
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    digest = verify_sha256(data, sha256, str(path))
     options = ort.SessionOptions()
     # The graph is tiny: one thread per worker process avoids fighting the event loop for cores.
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: not a loadable ONNX model ({first_line})") from None
     metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(path))
     _check_signature(session, metadata, str(path))
-    return Model(path, metadata, session)
+    return Model(path, metadata, session, digest)
 
 
 def _check_signature(session: ort.InferenceSession, metadata: ModelMetadata, source: str) -> None:
