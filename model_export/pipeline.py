@@ -30,7 +30,8 @@ from model_export.calibrate import (
     fixed,
     split_holdout,
 )
-from model_export.export import export_scoring_graph, write_metadata
+from model_export.export import ScoringGraph, export_scoring_graph, scoring_graph, write_metadata
+from model_export.memory import DEFAULT_CODES, DEFAULT_K, MemorySettings
 from model_export.report import MAX_EXAMPLES, ReportData, report_path, write_report
 from model_export.train import FitSettings, train
 from service.errors import InputError, PixelwatchError
@@ -69,9 +70,11 @@ class TrainOptions:
     batch_size: int = 1
     progress: bool = False
     report: bool = True
+    memory_size: int = DEFAULT_CODES  # latent codes stored at most (a coreset beyond)
+    memory_k: int = DEFAULT_K  # memory distance: to the k-th nearest stored code
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "width", "height", "batch_size"):
+        for name in ("epochs", "width", "height", "batch_size", "memory_size", "memory_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OptionError(f"{_flag(name)} must be a whole number >= 1 (got {value!r})")
@@ -98,12 +101,17 @@ class TrainOptions:
     def shape(self) -> ImageShape:
         return ImageShape(self.width, self.height)
 
+    @property
+    def memory(self) -> MemorySettings:
+        return MemorySettings(codes=self.memory_size, k=self.memory_k, seed=self.seed)
+
 
 @dataclass(frozen=True)
 class TrainResult:
     model_path: Path
     report_path: Path | None
-    autoencoder: Autoencoder  # in eval mode; wrap it in export.ScoringGraph to score in torch
+    autoencoder: Autoencoder  # in eval mode
+    graph: ScoringGraph  # what the model file holds, in torch (memory bank included)
     losses: tuple[float, ...]  # mean training loss per epoch
     metadata: ModelMetadata  # exactly what the model file carries
     calibration: Calibration
@@ -139,6 +147,11 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         )
     log.debug("trained %d epochs, final loss %.6g", options.epochs, trained.final_loss)
 
+    with _timed(timings, "memory"):
+        holdout = normal.images.pixels[normal.holdout_rows]
+        graph = scoring_graph(
+            trained.autoencoder, options.mode, normal.train_pixels, holdout, options.memory
+        )
     calibration = fixed(options.threshold)
     metadata = ModelMetadata(
         format_version=FORMAT_VERSION,
@@ -153,17 +166,15 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         final_loss=trained.final_loss,
         arch=options.arch,
         arch_params=_arch_params(options),
+        memory=graph.memory_info,
     )
     report = None
     try:
         with _staging(out) as staging:
             with _timed(timings, "export"):
-                export_scoring_graph(
-                    trained.autoencoder, options.shape.size, options.mode, metadata, staging
-                )
+                export_scoring_graph(graph, options.shape.size, metadata, staging)
             if options.fpr is not None:
                 with _timed(timings, "calibrate"):
-                    holdout = normal.images.pixels[normal.holdout_rows]
                     calibration = calibrate(staging, holdout, options.fpr, options.metric)
                     metadata = ModelMetadata.model_validate(
                         {**metadata.model_dump(), "threshold": calibration.threshold}
@@ -179,6 +190,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         model_path=out,
         report_path=report,
         autoencoder=trained.autoencoder,
+        graph=graph,
         losses=trained.losses,
         metadata=metadata,
         calibration=calibration,
