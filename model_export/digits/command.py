@@ -1,5 +1,5 @@
-"""The benchmark's command: run the protocol, print the table, save it (`table.md`) with
-every run (`results.json`)."""
+"""The benchmark's command: run the protocols, print their tables, save them (`table.md`)
+with every run (`results.json`)."""
 
 import argparse
 import json
@@ -19,19 +19,28 @@ from rich.console import Console
 from model_export.digits.protocol import (
     ALL_MODES,
     MODES,
+    PROTOCOLS,
     Protocol,
     ProtocolError,
+    ProtocolName,
     Run,
     run_protocol,
 )
-from model_export.digits.table import Row, Verdict, markdown, rich_table, summarise, targets
+from model_export.digits.table import Row, Verdict, markdown, rich_tables, summarise, targets
 from service.errors import PixelwatchError
 
 DEFAULT_OUT: Final = Path("artifacts/eval-digits")
 
 
+Verdicts = dict[ProtocolName, Verdict]
+PROTOCOL_CHOICES: Final[dict[str, tuple[ProtocolName, ...]]] = {
+    **{name: (name,) for name in PROTOCOLS},
+    "both": PROTOCOLS,
+}
+
+
 def as_json(
-    protocol: Protocol, runs: Sequence[Run], rows: Sequence[Row], verdict: Verdict, seconds: float
+    protocol: Protocol, runs: Sequence[Run], rows: Sequence[Row], verdicts: Verdicts, seconds: float
 ) -> dict[str, Any]:
     return {
         "protocol": asdict(protocol),
@@ -40,12 +49,21 @@ def as_json(
             "torch": torch.__version__,
             "scikit-learn": sklearn.__version__,
             "cpus": os.cpu_count(),
+            "load_average": _load(),
         },
         "seconds": seconds,
-        "targets": {"met": verdict.met, "lines": verdict.lines},
+        "targets": {k: {"met": v.met, "lines": v.lines} for k, v in verdicts.items()},
         "table": [asdict(row) for row in rows],
         "runs": [asdict(run) for run in runs],
     }
+
+
+def _load() -> list[float] | None:
+    """1, 5 and 15 minute load averages: the machine may be shared while the run times."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -63,10 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     default = Protocol()
     parser = argparse.ArgumentParser(
         prog="python -m model_export.digits",
-        description="One-class AUROC of every architecture and metric against classical "
-        "baselines on scikit-learn's 8x8 digits.",
+        description="AUROC of every architecture and metric against classical baselines on "
+        "scikit-learn's 8x8 digits: one digit normal (one-class) and nine digits normal "
+        "(leave-one-out).",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOL_CHOICES,
+        default="both",
+        help="one-class, leave-one-out, or both (default: %(default)s)",
+    )
     parser.add_argument("--archs", type=_names, default=default.archs, metavar="A,B,...")
     parser.add_argument(
         "--modes",
@@ -78,7 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", type=_classes, default=default.classes, metavar="0,1,...")
     parser.add_argument("--repetitions", type=int, default=default.repetitions, metavar="N")
     parser.add_argument("--train-fraction", type=float, default=default.train_fraction)
-    parser.add_argument("--epochs", type=int, default=default.epochs, metavar="N")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=default.epochs,
+        metavar="N",
+        help="one-class training epochs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--loo-epochs",
+        type=int,
+        default=default.loo_epochs,
+        metavar="N",
+        help="leave-one-out training epochs (default: %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=default.batch_size, metavar="N")
     parser.add_argument("--lr", type=float, default=default.lr)
     parser.add_argument("--seed", type=int, default=default.seed, metavar="N")
@@ -99,12 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(highlight=False, width=140)  # a log file: do not wrap the table
     try:
         protocol = Protocol(
+            protocols=PROTOCOL_CHOICES[args.protocol],
             archs=args.archs,
             modes=args.modes,
             classes=args.classes,
             repetitions=args.repetitions,
             train_fraction=args.train_fraction,
             epochs=args.epochs,
+            loo_epochs=args.loo_epochs,
             batch_size=args.batch_size,
             lr=args.lr,
             seed=args.seed,
@@ -115,14 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = run_protocol(protocol, jobs=args.jobs, progress=True)
         seconds = time.perf_counter() - start
         rows = summarise(runs, protocol)
-        verdict = targets(rows, protocol)
-        written = write_results(args.out, protocol, runs, rows, verdict, seconds)
+        verdicts = targets(rows, protocol)
+        written = write_results(args.out, protocol, runs, rows, verdicts, seconds)
     except PixelwatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    console.print(rich_table(rows, protocol))
-    for line in verdict.lines:
-        console.print(f"- {line}")
+    for kind, table in zip(protocol.protocols, rich_tables(rows, protocol), strict=True):
+        console.print(table)
+        for line in verdicts[kind].lines:
+            console.print(f"- {line}")
     console.print(f"{len(runs)} runs in {seconds:.0f} s; wrote {', '.join(map(str, written))}")
     return 0
 
@@ -132,14 +173,14 @@ def write_results(
     protocol: Protocol,
     runs: Sequence[Run],
     rows: Sequence[Row],
-    verdict: Verdict,
+    verdicts: Verdicts,
     seconds: float,
 ) -> list[Path]:
     table, results = out / "table.md", out / "results.json"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        table.write_text(markdown(rows, protocol, verdict), encoding="utf-8")
-        payload = as_json(protocol, runs, rows, verdict, seconds)
+        table.write_text(markdown(rows, protocol, verdicts), encoding="utf-8")
+        payload = as_json(protocol, runs, rows, verdicts, seconds)
         results.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     except OSError as exc:
         raise ProtocolError(f"cannot write {exc.filename or out}: {exc.strerror}") from None
