@@ -131,7 +131,8 @@ def test_memory_metrics_follow_the_reference_maps_of_the_stored_codes(
 def test_a_training_image_is_a_stored_code_and_scores_memory_one(exported: TrainResult) -> None:
     train = read_images(SEED_TRAIN, ImageShape(8, 8)).pixels
     scored = load_model(exported.model_path).score(np.concatenate([train, fixed_vectors()]))
-    np.testing.assert_allclose(scored.scores["memory"][: len(train)], 1.0, rtol=0, atol=1e-6)
+    # 1 up to the float32 rounding of the expanded distance (see model_export.memory)
+    np.testing.assert_allclose(scored.scores["memory"][: len(train)], 1.0, rtol=0, atol=1e-3)
     assert (scored.scores["memory"][len(train) :] < 1.0).all()
     info = exported.metadata.memory
     assert (info.codes, info.training_codes, info.k) == (len(train), len(train), 1)
