@@ -3,6 +3,9 @@
 
 import argparse
 import dataclasses
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import onnx
 import pytest
 import torch
 from numpy.typing import NDArray
+from pydantic import ValidationError
 from sklearn.datasets import load_digits
 
 from model_export import OptionError, TrainOptions, train_and_export
@@ -21,6 +25,9 @@ from model_export.memory import (
     greedy_coreset,
     kth_distances,
 )
+from model_fixtures import SEED_TEST, SEED_TRAIN, seed_model_path  # noqa: F401
+from service.cli import main as cli
+from service.config import Settings
 from service.scoring.model import load_model
 
 
@@ -191,3 +198,35 @@ def test_train_command_takes_the_memory_options() -> None:
     assert (options.metric, options.memory_size, options.memory_k) == ("combined", 64, 2)
     defaults = options_from(parser.parse_args(argv))
     assert (defaults.memory_size, defaults.memory_k) == (1024, 1)
+
+
+def test_memory_and_combined_are_chosen_like_any_metric(
+    seed_model_path: Path,  # noqa: F811 - pytest injects the fixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # score --metric
+    command = [sys.executable, "-m", "service.cli", "score", "--model", str(seed_model_path)]
+    result = subprocess.run(
+        [*command, "--json", "--metric", "memory", str(SEED_TEST)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["metric"] for r in rows] == ["memory"] * 4
+    assert [r["similarity"] for r in rows] == [r["scores"]["memory"] for r in rows]
+    # train --metric (the threshold then applies to that metric)
+    out = tmp_path / "combined.onnx"
+    argv = ["train", "--data", str(SEED_TRAIN), "--out", str(out), "--epochs", "20"]
+    assert cli([*argv, "--metric", "combined", "--threshold", "0.3", "--no-progress"]) == 0
+    metadata = load_model(out).metadata
+    assert (metadata.metric, metadata.threshold) == ("combined", 0.3)
+    # PIXELWATCH_METRIC
+    monkeypatch.setenv("PIXELWATCH_METRIC", "memory")
+    assert Settings().metric == "memory"
+    monkeypatch.setenv("PIXELWATCH_METRIC", "memories")
+    with pytest.raises(ValidationError, match="'memory' or 'combined'"):
+        Settings()
