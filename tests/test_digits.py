@@ -75,6 +75,7 @@ def test_binary_mode_thresholds_the_scaled_digits_at_one_half() -> None:
         ({"modes": ("color",)}, "--modes must be some of gray, binary, binary-as-gray"),
         ({"repetitions": 0}, "--repetitions must be >= 1"),
         ({"loo_epochs": 0}, "--loo-epochs must be >= 1"),
+        ({"loo_code": -1}, "--loo-code must be >= 0"),
         ({"protocols": ("two-class",)}, "--protocol must be one of one-class, leave-one-out"),
     ],
 )
@@ -159,7 +160,9 @@ def test_a_tiny_run_writes_both_tables_and_the_json(tmp_path: Path) -> None:
 
     table = (tmp_path / "table.md").read_text()
     one_class, leave_one_out = table.split("## leave-one-out")
-    assert one_class.startswith("## one-class")
+    assert one_class.startswith("## one-class: one digit normal, the nine others anomalous")
+    assert one_class.splitlines()[0].endswith("(default sizes, 2 epochs)")
+    assert leave_one_out.splitlines()[0].endswith("(code size 32, 1 epochs)")
     for section in (one_class, leave_one_out):
         assert "| method | metric | gray AUROC | binary AUROC | fit s/run |" in section
         assert "| *PCA-16* | - |" in section and "| conv | combined |" in section
@@ -177,6 +180,7 @@ def test_a_tiny_run_writes_both_tables_and_the_json(tmp_path: Path) -> None:
     assert results["protocol"]["epochs"] == 2 and results["protocol"]["loo_epochs"] == 1
     assert set(results["targets"]) == {"one-class", "leave-one-out"}
     assert len(results["targets"]["leave-one-out"]["lines"]) == 3  # two archs, gray only
+    assert results["usage"]["jobs"] == 1 and results["usage"]["cpu_seconds"] > 0
 
 
 def test_one_protocol_alone_writes_one_table(tmp_path: Path) -> None:

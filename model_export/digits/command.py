@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -40,7 +41,12 @@ PROTOCOL_CHOICES: Final[dict[str, tuple[ProtocolName, ...]]] = {
 
 
 def as_json(
-    protocol: Protocol, runs: Sequence[Run], rows: Sequence[Row], verdicts: Verdicts, seconds: float
+    protocol: Protocol,
+    runs: Sequence[Run],
+    rows: Sequence[Row],
+    verdicts: Verdicts,
+    seconds: float,
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "protocol": asdict(protocol),
@@ -49,9 +55,9 @@ def as_json(
             "torch": torch.__version__,
             "scikit-learn": sklearn.__version__,
             "cpus": os.cpu_count(),
-            "load_average": _load(),
         },
         "seconds": seconds,
+        "usage": usage or {},
         "targets": {k: {"met": v.met, "lines": v.lines} for k, v in verdicts.items()},
         "table": [asdict(row) for row in rows],
         "runs": [asdict(run) for run in runs],
@@ -64,6 +70,13 @@ def _load() -> list[float] | None:
         return [round(value, 2) for value in os.getloadavg()]
     except OSError:
         return None
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the training processes)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -117,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="leave-one-out training epochs (default: %(default)s)",
     )
+    parser.add_argument(
+        "--loo-code",
+        type=int,
+        default=default.loo_code,
+        metavar="N",
+        help="leave-one-out code size of every architecture; 0: their defaults "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=default.batch_size, metavar="N")
     parser.add_argument("--lr", type=float, default=default.lr)
     parser.add_argument("--seed", type=int, default=default.seed, metavar="N")
@@ -145,18 +166,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_fraction=args.train_fraction,
             epochs=args.epochs,
             loo_epochs=args.loo_epochs,
+            loo_code=args.loo_code,
             batch_size=args.batch_size,
             lr=args.lr,
             seed=args.seed,
         )
         if args.jobs < 1:
             raise ProtocolError("--jobs must be >= 1")
+        load_before, cpu_before = _load(), _cpu_seconds()
         start = time.perf_counter()
         runs = run_protocol(protocol, jobs=args.jobs, progress=True)
         seconds = time.perf_counter() - start
+        usage = {
+            "jobs": args.jobs,
+            "cpu_seconds": _cpu_seconds() - cpu_before,
+            "load_average_before": load_before,
+            "load_average_after": _load(),
+        }
         rows = summarise(runs, protocol)
         verdicts = targets(rows, protocol)
-        written = write_results(args.out, protocol, runs, rows, verdicts, seconds)
+        written = write_results(args.out, protocol, runs, rows, verdicts, seconds, usage)
     except PixelwatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -164,7 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(table)
         for line in verdicts[kind].lines:
             console.print(f"- {line}")
-    console.print(f"{len(runs)} runs in {seconds:.0f} s; wrote {', '.join(map(str, written))}")
+    console.print(
+        f"{len(runs)} runs in {seconds:.0f} s with --jobs {args.jobs} "
+        f"({usage['cpu_seconds']:.0f} CPU seconds; load average {load_before} before, "
+        f"{usage['load_average_after']} after); wrote {', '.join(map(str, written))}"
+    )
     return 0
 
 
@@ -175,12 +208,13 @@ def write_results(
     rows: Sequence[Row],
     verdicts: Verdicts,
     seconds: float,
+    usage: dict[str, Any] | None = None,
 ) -> list[Path]:
     table, results = out / "table.md", out / "results.json"
     try:
         out.mkdir(parents=True, exist_ok=True)
         table.write_text(markdown(rows, protocol, verdicts), encoding="utf-8")
-        payload = as_json(protocol, runs, rows, verdicts, seconds)
+        payload = as_json(protocol, runs, rows, verdicts, seconds, usage)
         results.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     except OSError as exc:
         raise ProtocolError(f"cannot write {exc.filename or out}: {exc.strerror}") from None

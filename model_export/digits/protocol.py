@@ -64,7 +64,8 @@ class Protocol:
     repetitions: int = 3
     train_fraction: float = 0.7
     epochs: int = 300  # one-class: about 125 training images
-    loo_epochs: int = 60  # leave-one-out: about 1130 training images, nine times the steps
+    loo_epochs: int = 45  # leave-one-out: about 1130 training images, nine times the steps
+    loo_code: int = 32  # leave-one-out code size for every architecture (0: their defaults)
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
@@ -83,6 +84,8 @@ class Protocol:
         for name in ("repetitions", "epochs", "loo_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ProtocolError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.loo_code < 0:
+            raise ProtocolError("--loo-code must be >= 0 (0: each architecture's default)")
         if self.repetitions > 100:
             raise ProtocolError("--repetitions must be at most 100")
         if not 0.0 < self.train_fraction < 1.0:
@@ -94,6 +97,10 @@ class Protocol:
 
     def epochs_for(self, protocol: ProtocolName) -> int:
         return self.epochs if protocol == "one-class" else self.loo_epochs
+
+    def params_for(self, protocol: ProtocolName) -> dict[str, int]:
+        """Architecture parameters: the defaults, but for leave-one-out's code size."""
+        return {"code": self.loo_code} if protocol == "leave-one-out" and self.loo_code else {}
 
 
 @functools.cache
@@ -202,6 +209,7 @@ class Task:
     mode: BenchMode
     split: Split
     settings: FitSettings
+    params: dict[str, int]
 
 
 def run_autoencoder(task: Task) -> list[Run]:
@@ -214,7 +222,7 @@ def run_autoencoder(task: Task) -> list[Run]:
     train_pixels = data[task.split.train]
     with _one_thread():
         start = time.perf_counter()
-        trained = train(task.arch, SHAPE, {}, train_pixels, task.settings)
+        trained = train(task.arch, SHAPE, task.params, train_pixels, task.settings)
         elapsed = time.perf_counter() - start
         graph = scoring_graph(trained.autoencoder, model_mode(task.mode), train_pixels)
         with torch.no_grad():
@@ -245,7 +253,13 @@ def run_protocol(protocol: Protocol, *, jobs: int = 1, progress: bool = False) -
     runs = [r for mode in protocol.modes for s in chosen for r in run_baselines(mode, s)]
     settings = FitSettings(epochs=protocol.epochs, lr=protocol.lr, batch_size=protocol.batch_size)
     tasks = [
-        Task(arch, mode, s, _seeded(settings, s.seed, protocol.epochs_for(s.protocol)))
+        Task(
+            arch,
+            mode,
+            s,
+            _seeded(settings, s.seed, protocol.epochs_for(s.protocol)),
+            protocol.params_for(s.protocol),
+        )
         for arch in protocol.archs
         for mode in protocol.modes
         for s in chosen

@@ -32,6 +32,13 @@ TITLES: Final[dict[ProtocolName, str]] = {
 }
 
 
+def title(kind: ProtocolName, protocol: Protocol) -> str:
+    """The protocol's title with the training settings its rows share."""
+    code = protocol.params_for(kind).get("code")
+    sizes = f"code size {code}" if code else "default sizes"
+    return f"{TITLES[kind]} ({sizes}, {protocol.epochs_for(kind)} epochs)"
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """A protocol's targets: every architecture's reconstruction score beats `pca` and
@@ -204,7 +211,8 @@ def _markdown(kind: ProtocolName, rows: Sequence[Row], protocol: Protocol) -> st
     modes = protocol.modes
     head = ["method", "metric", *(f"{m} AUROC" for m in modes), "fit s/run"]
     head += [f"{m}: beats" for m in modes]
-    lines = [f"## {TITLES[kind]}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"## {title(kind, protocol)}", "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "---|" * len(head))
     for row in rows:
         name = f"*{row.method}*" if row.baseline else row.method
         cells = [name, row.metric, *(str(row.cells[m]) for m in modes), f"{row.seconds:.2f}"]
@@ -221,7 +229,7 @@ def rich_tables(rows: Sequence[Row], protocol: Protocol) -> list[Table]:
 
 
 def _rich_table(kind: ProtocolName, rows: Sequence[Row], protocol: Protocol) -> Table:
-    table = Table(title=f"{TITLES[kind]}: AUROC on scikit-learn digits (mean ± sd of repetitions)")
+    table = Table(title=f"{title(kind, protocol)}: AUROC, mean ± sd of the repetitions")
     for column in ("method", "metric", *(f"{m} AUROC" for m in protocol.modes), "fit s/run"):
         table.add_column(column, justify="left" if column in {"method", "metric"} else "right")
     for mode in protocol.modes:
