@@ -49,4 +49,4 @@ def test_bad_sizes_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> No
         "error: --sizes and --batches take comma-separated whole numbers\n"
     )
     assert main(["--batches", "0"]) == 2
-    assert capsys.readouterr().err == "error: --sizes and --batches must be >= 1\n"
+    assert capsys.readouterr().err == "error: --sizes, --batches and --code must be >= 1\n"

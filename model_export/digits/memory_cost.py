@@ -25,6 +25,7 @@ from typing import Final
 import numpy as np
 
 import service
+from model_export.architectures import ARCHITECTURES
 from model_export.digits.protocol import SHAPE, digits
 from model_export.export import export_scoring_graph, scoring_graph
 from model_export.memory import MemorySettings
@@ -70,6 +71,7 @@ def measure_memory_cost(
     batches: Sequence[int] = BATCHES,
     *,
     arch: str = "dense",
+    code: int | None = None,
     epochs: int = 5,
     min_seconds: float = 0.3,
     seed: int = 0,
@@ -77,7 +79,8 @@ def measure_memory_cost(
     """Graph bytes and images/s for every bank size and batch size (see the module doc)."""
     data = shifted_digits()
     settings = FitSettings(epochs=epochs, batch_size=256, lr=3e-3, seed=seed)
-    network = train(arch, SHAPE, {}, data, settings).autoencoder
+    params = {} if code is None else {"code": code}
+    network = train(arch, SHAPE, params, data, settings).autoencoder
     probe = data[np.random.default_rng(seed).permutation(len(data))[: max(batches)]]
     points: list[CostPoint] = []
     with tempfile.TemporaryDirectory(prefix="pixelwatch-memory-cost-") as directory:
@@ -174,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), metavar="N,...")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), metavar="N,...")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="dense")
+    parser.add_argument("--code", type=int, metavar="N", help="code size (default: the arch's)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every figure here")
     args = parser.parse_args(argv)
     try:
@@ -182,11 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError:
         print("error: --sizes and --batches take comma-separated whole numbers", file=sys.stderr)
         return 2
-    if min(sizes + batches) < 1:
-        print("error: --sizes and --batches must be >= 1", file=sys.stderr)
+    if min(sizes + batches + [args.code or 1]) < 1:
+        print("error: --sizes, --batches and --code must be >= 1", file=sys.stderr)
         return 2
     load = os.getloadavg()
-    points = measure_memory_cost(sizes, batches)
+    points = measure_memory_cost(sizes, batches, arch=args.arch, code=args.code)
     print(markdown(points))
     print(f"load average before the run: {load[0]:.2f} (on {os.cpu_count()} cores)")
     if args.json is not None:
