@@ -9,7 +9,8 @@ nearest stored code and turns it into two similarities:
 - `memory` = 1 / (1 + d / scale). `scale` is fitted on the calibration images (below) as
   1.5 times the 99th percentile of their distances, so that the course's default threshold,
   0.60, flags an image farther from the bank than 99% of the calibration images. The map is
-  strictly decreasing: 1 on a stored code, 0.5 at d = scale, towards 0 far away.
+  strictly decreasing: 1 on a stored code (up to float32 rounding), 0.5 at d = scale,
+  towards 0 far away.
 - `combined`: Hamming h and memory m, each standardised with its mean and spread (standard
   deviation, at least `SPREAD_FLOOR`) on the calibration images, z = ((mean_h - h) / spread_h
   + (mean_m - m) / spread_m) / 2, mapped to [0, 1] by (1 - t / (1 + |t|)) / 2 with
@@ -39,14 +40,14 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from model_export.calibrate import DEFAULT_THRESHOLD
 from service.errors import PixelwatchError
 from service.scoring.model import MemoryInfo
 
 DEFAULT_CODES: Final = 1024  # codes stored at most; the README's cost table shows why
 DEFAULT_K: Final = 1
 SPREAD_FLOOR: Final = 0.01  # a similarity that barely varies on calibration is not infinitely sure
-CALIBRATION_QUANTILE: Final = 0.99
-DEFAULT_THRESHOLD: Final = 0.60  # the course's; both maps put it at CALIBRATION_QUANTILE
+CALIBRATION_QUANTILE: Final = 0.99  # both maps put the default threshold (0.60) here
 # memory = 1 / (1 + d / scale) equals DEFAULT_THRESHOLD at d = scale * _MEMORY_AT_THRESHOLD.
 _MEMORY_AT_THRESHOLD: Final = 1.0 / DEFAULT_THRESHOLD - 1.0
 # (1 - t / (1 + |t|)) / 2 equals DEFAULT_THRESHOLD at this t.

@@ -162,7 +162,7 @@ def test_a_tiny_run_writes_both_tables_and_the_json(tmp_path: Path) -> None:
     one_class, leave_one_out = table.split("## leave-one-out")
     assert one_class.startswith("## one-class: one digit normal, the nine others anomalous")
     assert one_class.splitlines()[0].endswith("(default sizes, 2 epochs)")
-    assert leave_one_out.splitlines()[0].endswith("(code size 32, 1 epochs)")
+    assert leave_one_out.splitlines()[0].endswith("(code size 32, 1 epoch)")
     for section in (one_class, leave_one_out):
         assert "| method | metric | gray AUROC | binary AUROC | fit s/run |" in section
         assert "| *PCA-16* | - |" in section and "| conv | combined |" in section

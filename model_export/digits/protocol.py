@@ -204,6 +204,14 @@ def run_baselines(mode: BenchMode, split: Split) -> list[Run]:
 
 
 @dataclass(frozen=True)
+class BaselineTask:
+    """Every baseline on one split in one mode."""
+
+    mode: BenchMode
+    split: Split
+
+
+@dataclass(frozen=True)
 class Task:
     arch: str
     mode: BenchMode
@@ -247,10 +255,16 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def run_task(task: Task | BaselineTask) -> list[Run]:
+    if isinstance(task, BaselineTask):
+        return run_baselines(task.mode, task.split)
+    return run_autoencoder(task)
+
+
 def run_protocol(protocol: Protocol, *, jobs: int = 1, progress: bool = False) -> list[Run]:
     """Every baseline and architecture on every split and mode; independent of `jobs`."""
     chosen = splits(protocol)
-    runs = [r for mode in protocol.modes for s in chosen for r in run_baselines(mode, s)]
+    runs: list[Run] = []
     settings = FitSettings(epochs=protocol.epochs, lr=protocol.lr, batch_size=protocol.batch_size)
     tasks = [
         Task(
@@ -264,18 +278,21 @@ def run_protocol(protocol: Protocol, *, jobs: int = 1, progress: bool = False) -
         for mode in protocol.modes
         for s in chosen
     ]
-    # The longest first, so that the processes finish together (results are re-sorted).
+    # The longest first and the baselines (a second or less each) last, so that the
+    # processes finish together; the tables do not depend on the order.
     tasks.sort(key=lambda t: t.settings.epochs * len(t.split.train), reverse=True)
-    with _progress(len(tasks), progress) as advance:
+    everything: list[Task | BaselineTask] = [*tasks]
+    everything += [BaselineTask(mode, s) for mode in protocol.modes for s in chosen]
+    with _progress(len(everything), progress) as advance:
         if jobs == 1:
-            results: Iterable[list[Run]] = map(run_autoencoder, tasks)
+            results: Iterable[list[Run]] = map(run_task, everything)
             for result in results:
                 runs.extend(result)
                 advance()
         else:
             spawn = get_context("spawn")  # torch and fork do not mix
             with ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
-                for result in pool.map(run_autoencoder, tasks):
+                for result in pool.map(run_task, everything):
                     runs.extend(result)
                     advance()
     return runs

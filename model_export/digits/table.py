@@ -36,7 +36,8 @@ def title(kind: ProtocolName, protocol: Protocol) -> str:
     """The protocol's title with the training settings its rows share."""
     code = protocol.params_for(kind).get("code")
     sizes = f"code size {code}" if code else "default sizes"
-    return f"{TITLES[kind]} ({sizes}, {protocol.epochs_for(kind)} epochs)"
+    epochs = protocol.epochs_for(kind)
+    return f"{TITLES[kind]} ({sizes}, {epochs} epoch{'s' if epochs != 1 else ''})"
 
 
 @dataclass(frozen=True)
