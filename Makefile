@@ -43,7 +43,7 @@ typecheck: venv ## mypy (strict)
 test: venv prereqs prometheus browser lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
-eval-digits: venv ## one-class AUROC of every architecture vs PCA / IsolationForest / kNN on scikit-learn digits (~13 min on 2 cores)
+eval-digits: venv ## AUROC of every architecture vs PCA / IsolationForest / kNN on scikit-learn digits, one-class and leave-one-out (see README)
 	$(BIN)/python -m model_export.digits --out artifacts/eval-digits
 
 bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/)

@@ -8,6 +8,12 @@ else (training, export, calibration) stays the same. Networks that want another 
 (conv: [batch, 1, height, width]; seq2seq: rows as a sequence) reshape inside `forward`, so
 the exported graph keeps the one input contract, `pixels` [batch, width*height].
 
+`encode` gives the latent code the decoder starts from, which the scoring graph's memory
+bank stores: the `code`-wide bottleneck layer (linear for dense, deep and denoising; the
+sigmoid code for sparse and contractive; the dense layer after the convolutions for conv;
+the projection of the row reader's last GRU state for seq2seq) and, for vae, the mean of the
+Gaussian code.
+
 Hyper-parameters are frozen dataclasses whose fields all have defaults; their values are
 checked from the field types (whole numbers >= 1, numbers within the bounds given in the
 field's metadata, one of a `Literal`'s choices), so a bad value fails before training.
@@ -53,8 +59,12 @@ class Autoencoder(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
 
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The latent code [batch, code]: the bottleneck the decoder starts from."""
+        return self.encoder(pixels)  # type: ignore[no-any-return]  # nn.Module call
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(pixels))  # type: ignore[no-any-return]  # nn.Module call
+        return self.decoder(self.encode(pixels))  # type: ignore[no-any-return]  # nn.Module call
 
     def training_loss(self, pixels: torch.Tensor) -> torch.Tensor:
         """Mean squared reconstruction error, as in the course."""
@@ -272,9 +282,9 @@ class VariationalAutoencoder(Autoencoder):
         self.log_var = nn.Linear(p.hidden, p.code)
         self.beta = p.beta
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        code = self.mean(self.encoder(pixels))
-        return self.decoder(code)  # type: ignore[no-any-return]  # nn.Module call
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The mean of the Gaussian code (what the decoder sees at scoring time)."""
+        return self.mean(self.encoder(pixels))  # type: ignore[no-any-return]  # nn.Module call
 
     def training_loss(self, pixels: torch.Tensor) -> torch.Tensor:
         features: torch.Tensor = self.encoder(pixels)

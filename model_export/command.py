@@ -170,6 +170,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="calibrate the threshold to flag this fraction of held-out normal images",
     )
+    scoring.add_argument(
+        "--memory-size",
+        type=int,
+        default=DEFAULTS.memory_size,
+        metavar="N",
+        help="latent codes the graph stores at most, for the memory and combined metrics; "
+        "more training images are reduced to a greedy k-center coreset (default: %(default)s)",
+    )
+    scoring.add_argument(
+        "--memory-k",
+        type=int,
+        default=DEFAULTS.memory_k,
+        metavar="K",
+        help="memory distance: to the K-th nearest stored code (default: %(default)s)",
+    )
 
 
 def batch_size(text: str) -> int | Literal["auto"]:
@@ -240,6 +255,8 @@ def options_from(args: argparse.Namespace) -> TrainOptions:
         progress=not args.no_progress,
         binarize=args.binarize,
         skip_bad=args.skip_bad,
+        memory_size=args.memory_size,
+        memory_k=args.memory_k,
     )
 
 

@@ -10,6 +10,10 @@ anomaly when its similarity is below the threshold, so the anomaly score is the 
 similarity: AUROC and average precision rank by it (anomalous is the positive class), and
 the false-positive rate, recall, precision and F1 are those of the model's threshold.
 
+The by-metric ranking leaves out metrics that are monotone functions of another (Dice of
+Ruzicka: D = 2R / (1 + R)): they rank images identically, so their AUROC is not news. The
+summary says so beside the metric they follow.
+
 >>> import numpy as np
 >>> q = quality(np.array([0.9, 0.8, 0.7, 0.4]), np.array([0, 0, 1, 1]), threshold=0.75)
 >>> (q.auroc, q.fpr, q.recall, q.precision, q.f1)
@@ -50,7 +54,7 @@ from service.errors import InputError, PixelwatchError
 from service.progress import progress_bar
 from service.scoring.images import ImageShape, Pixels, check_values, read_images
 from service.scoring.model import Model, ScoredBatch, load_model
-from service.scoring.similarity import METRICS, MetricName
+from service.scoring.similarity import EQUIVALENT, METRICS, MetricName
 
 LABEL_COLUMN: Final = "label"
 NORMAL, ANOMALOUS = 0, 1
@@ -106,7 +110,7 @@ class Evaluation:
     labels: Labels
     similarities: dict[MetricName, NDArray[np.float32]]
     quality: Quality  # of `metric` at the threshold
-    ranking: dict[MetricName, Quality]  # every metric at the same threshold
+    ranking: dict[MetricName, Quality]  # every metric with a ranking of its own (not EQUIVALENT)
 
     @property
     def normal(self) -> int:
@@ -136,8 +140,10 @@ def evaluate(
                 f"no {name} images (label {label}): evaluation needs both normal and anomalous"
             )
     scored = _score_in_chunks(model, pixels, metric, threshold, advance)
-    ranking = {m: quality(scored.scores[m], labels, scored.threshold) for m in METRICS}
-    return Evaluation(model, scored.metric, labels, scored.scores, ranking[scored.metric], ranking)
+    ranked = [m for m in METRICS if m not in EQUIVALENT]
+    ranking = {m: quality(scored.scores[m], labels, scored.threshold) for m in ranked}
+    chosen = quality(scored.scores[scored.metric], labels, scored.threshold)
+    return Evaluation(model, scored.metric, labels, scored.scores, chosen, ranking)
 
 
 def _score_in_chunks(
@@ -333,6 +339,7 @@ def as_json(result: Evaluation, report: Path | None = None) -> dict[str, Any]:
             m: {"auroc": q.auroc, "average_precision": q.average_precision}
             for m, q in result.ranking.items()
         },
+        "same_ranking_as": dict(EQUIVALENT),
         "report": None if report is None else str(report),
     }
 
@@ -340,7 +347,7 @@ def as_json(result: Evaluation, report: Path | None = None) -> dict[str, Any]:
 def summary(result: Evaluation, report: Path | None = None) -> str:
     q, meta = result.quality, result.model.metadata
     precision = "n/a (nothing flagged)" if q.precision is None else f"{q.precision:.4f}"
-    ranking = ", ".join(f"{m} {r.auroc:.4f}" for m, r in result.ranking.items())
+    ranking = ", ".join(f"{m} {r.auroc:.4f}{_followers(m)}" for m, r in result.ranking.items())
     lines = [
         f"evaluated {result.model.path} ({meta.arch}, {meta.mode} mode) on "
         f"{result.normal} normal and {result.anomalous} anomalous images",
@@ -355,6 +362,12 @@ def summary(result: Evaluation, report: Path | None = None) -> str:
         f"report     {report or '-'}",
     ]
     return "\n".join(lines)
+
+
+def _followers(metric: MetricName) -> str:
+    """' (= dice)' after ruzicka: the metrics that rank exactly as this one."""
+    same = [m for m, leader in EQUIVALENT.items() if leader == metric]
+    return f" (= {', '.join(same)})" if same else ""
 
 
 def _write_report(directory: Path, result: Evaluation) -> Path:

@@ -2,8 +2,10 @@
 
 `ScoringGraph` wraps a trained network so that one graph does all the runtime needs: it
 turns the raw output into the reconstruction (thresholded at 0.5 in binary mode, the
-course's convention; clamped to [0, 1] in gray mode) and computes every similarity of
-`service.scoring.similarity` with the same formulas and edge cases. The runtime only feeds pixels.
+course's convention; clamped to [0, 1] in gray mode), computes every reconstruction
+similarity of `service.scoring.similarity` with the same formulas and edge cases, and, from
+the network's latent code and the memory bank it carries (`model_export.memory`), the
+`memory` and `combined` similarities. The runtime only feeds pixels, in one call.
 """
 
 import contextlib
@@ -11,15 +13,30 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
+import numpy as np
 import onnx
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
+from model_export.memory import MemoryBank, MemorySettings, fit_memory
 from service.errors import PixelwatchError
-from service.scoring.model import INPUT_NAME, METADATA_PREFIX, RECONSTRUCTION, Mode, ModelMetadata
-from service.scoring.similarity import METRICS, MetricName
+from service.scoring.model import (
+    INPUT_NAME,
+    METADATA_PREFIX,
+    RECONSTRUCTION,
+    MemoryInfo,
+    Mode,
+    ModelMetadata,
+)
+from service.scoring.similarity import (
+    COMBINED_RECONSTRUCTION,
+    METRICS,
+    RECONSTRUCTION_METRICS,
+    ReconstructionMetric,
+)
 
 BINARY_CUT: Final = 0.5  # the course: outputs >= 0.5 are black pixels
 # Loggers that narrate an export (registry misses, optimiser passes); a CLI run stays quiet.
@@ -61,7 +78,9 @@ def _ratio(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, top / torch.where(positive, bottom, 1.0), 1.0)
 
 
-METRIC_FUNCTIONS: Final[dict[MetricName, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+METRIC_FUNCTIONS: Final[
+    dict[ReconstructionMetric, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+] = {
     "hamming": hamming,
     "ruzicka": ruzicka,
     "dice": dice,
@@ -71,12 +90,18 @@ OUTPUT_NAMES: Final[tuple[str, ...]] = (RECONSTRUCTION, *METRICS)
 
 
 class ScoringGraph(nn.Module):
-    """pixels -> (reconstruction, *similarities in METRICS order)."""
+    """pixels -> (reconstruction, *similarities in METRICS order).
 
-    def __init__(self, network: nn.Module, mode: Mode) -> None:
+    `network` maps pixels to a raw reconstruction and has `encode` (pixels -> latent code),
+    as every `Autoencoder` does. Without a memory bank the graph stops after the
+    reconstruction metrics (enough to fit one); only a graph with one can be exported.
+    """
+
+    def __init__(self, network: nn.Module, mode: Mode, memory: MemoryBank | None = None) -> None:
         super().__init__()
         self.network = network
         self.mode: Mode = mode
+        self.memory = memory
 
     def reconstruct(self, pixels: torch.Tensor) -> torch.Tensor:
         raw: torch.Tensor = self.network(pixels)
@@ -84,16 +109,54 @@ class ScoringGraph(nn.Module):
             return (raw >= BINARY_CUT).to(pixels.dtype)
         return raw.clamp(0.0, 1.0)
 
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        encode = cast(Callable[[torch.Tensor], torch.Tensor], self.network.encode)
+        return encode(pixels)
+
+    def hamming(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The reconstruction similarity that `combined` uses, for fitting the memory bank."""
+        return METRIC_FUNCTIONS[COMBINED_RECONSTRUCTION](pixels, self.reconstruct(pixels))
+
+    @property
+    def memory_info(self) -> MemoryInfo:
+        if self.memory is None:
+            raise ExportError("the scoring graph has no memory bank; build it with scoring_graph()")
+        return self.memory.info
+
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         reconstruction = self.reconstruct(pixels)
-        return (reconstruction, *(METRIC_FUNCTIONS[m](pixels, reconstruction) for m in METRICS))
+        similarities = {
+            m: METRIC_FUNCTIONS[m](pixels, reconstruction) for m in RECONSTRUCTION_METRICS
+        }
+        if self.memory is None:
+            return (reconstruction, *similarities.values())
+        memory = self.memory(self.encode(pixels), similarities[COMBINED_RECONSTRUCTION])
+        return (reconstruction, *similarities.values(), *memory)
+
+
+def scoring_graph(
+    network: nn.Module,
+    mode: Mode,
+    train: NDArray[np.float32],
+    calibration: NDArray[np.float32] | None = None,
+    settings: MemorySettings | None = None,
+) -> ScoringGraph:
+    """The complete scoring graph: `network` in eval mode plus a memory bank of its codes of
+    `train`, calibrated on `calibration` (held-out normal images) or leave-one-out."""
+    graph = ScoringGraph(network.eval(), mode).eval()
+    chosen = settings or MemorySettings()
+    graph.memory = fit_memory(graph.encode, graph.hamming, train, calibration, chosen)
+    return graph
 
 
 def export_scoring_graph(
-    network: nn.Module, size: int, mode: Mode, metadata: ModelMetadata, out: Path
+    graph: ScoringGraph, size: int, metadata: ModelMetadata, out: Path
 ) -> None:
-    """Write one .onnx file (weights inside) taking `pixels` [batch, size], batch dynamic."""
-    graph = ScoringGraph(network, mode).eval()
+    """Write one .onnx file (weights and memory bank inside) taking `pixels` [batch, size],
+    batch dynamic."""
+    if graph.memory is None:
+        raise ExportError("the scoring graph has no memory bank; build it with scoring_graph()")
+    graph = graph.eval()
     example = torch.zeros(2, size, dtype=torch.float32)
     batch = torch.export.Dim("batch", min=1)
     try:

@@ -32,7 +32,8 @@ from model_export.calibrate import (
     fixed,
     split_holdout,
 )
-from model_export.export import export_scoring_graph, write_metadata
+from model_export.export import ScoringGraph, export_scoring_graph, scoring_graph, write_metadata
+from model_export.memory import DEFAULT_CODES, DEFAULT_K, MemorySettings
 from model_export.reference import with_reference
 from model_export.report import MAX_EXAMPLES, ReportData, report_path, write_report
 from model_export.scaling import (
@@ -84,9 +85,11 @@ class TrainOptions:
     report: bool = True
     binarize: float | None = None  # image values >= this become 1, the others 0
     skip_bad: bool = False  # skip unreadable image files (and say which) instead of failing
+    memory_size: int = DEFAULT_CODES  # latent codes stored at most (a coreset beyond)
+    memory_k: int = DEFAULT_K  # memory distance: to the k-th nearest stored code
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "width", "height", "batch_size"):
+        for name in ("epochs", "width", "height", "batch_size", "memory_size", "memory_k"):
             value = getattr(self, name)
             if name in {"batch_size", "epochs"} and value == "auto":
                 continue
@@ -126,12 +129,17 @@ class TrainOptions:
     def shape(self) -> ImageShape:
         return ImageShape(self.width, self.height)
 
+    @property
+    def memory(self) -> MemorySettings:
+        return MemorySettings(codes=self.memory_size, k=self.memory_k, seed=self.seed)
+
 
 @dataclass(frozen=True)
 class TrainResult:
     model_path: Path
     report_path: Path | None
-    autoencoder: Autoencoder  # in eval mode; wrap it in export.ScoringGraph to score in torch
+    autoencoder: Autoencoder  # in eval mode
+    graph: ScoringGraph  # what the model file holds, in torch (memory bank included)
     trained: Trained  # losses per epoch, held-out losses, the epoch kept
     metadata: ModelMetadata  # exactly what the model file carries
     calibration: Calibration
@@ -187,6 +195,11 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         )
     log.debug("trained %d epochs, kept %d", trained.epochs_run, trained.kept_epoch)
 
+    with _timed(timings, "memory"):
+        holdout = normal.images.pixels[normal.holdout_rows]
+        graph = scoring_graph(
+            trained.autoencoder, options.mode, normal.train_pixels, holdout, options.memory
+        )
     calibration = fixed(options.threshold)
     metadata = ModelMetadata(
         format_version=FORMAT_VERSION,
@@ -201,17 +214,15 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         final_loss=trained.final_loss,
         arch=options.arch,
         arch_params=_arch_params(options, settings, trained),
+        memory=graph.memory_info,
     )
     report = None
     try:
         with _staging(out) as staging:
             with _timed(timings, "export"):
-                export_scoring_graph(
-                    trained.autoencoder, options.shape.size, options.mode, metadata, staging
-                )
+                export_scoring_graph(graph, options.shape.size, metadata, staging)
             if options.fpr is not None:
                 with _timed(timings, "calibrate"):
-                    holdout = normal.images.pixels[normal.holdout_rows]
                     calibration = calibrate(staging, holdout, options.fpr, options.metric)
                     metadata = ModelMetadata.model_validate(
                         {**metadata.model_dump(), "threshold": calibration.threshold}
@@ -233,6 +244,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         model_path=out,
         report_path=report,
         autoencoder=trained.autoencoder,
+        graph=graph,
         trained=trained,
         metadata=metadata,
         calibration=calibration,

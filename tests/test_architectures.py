@@ -23,7 +23,6 @@ from model_export.architectures import (
     resolve_params,
 )
 from model_export.command import configure_parser, options_from
-from model_export.export import ScoringGraph
 from model_export.pipeline import MODES
 from model_export.train import FitSettings, train
 from service.dataplane.pipeline import BatchScorer
@@ -111,9 +110,8 @@ def test_training_is_reproducible_for_a_seed(arch: str) -> None:
 def test_onnx_graph_matches_the_torch_module(exported: TrainResult) -> None:
     pixels = probe()
     scored = load_model(exported.model_path).score(pixels)
-    graph = ScoringGraph(exported.autoencoder, exported.metadata.mode).eval()
     with torch.no_grad():
-        reconstruction, *metrics = (t.numpy() for t in graph(torch.from_numpy(pixels)))
+        reconstruction, *metrics = (t.numpy() for t in exported.graph(torch.from_numpy(pixels)))
     np.testing.assert_allclose(scored.reconstruction, reconstruction, rtol=0, atol=TOLERANCE)
     for name, expected in zip(METRICS, metrics, strict=True):
         np.testing.assert_allclose(scored.scores[name], expected, rtol=0, atol=TOLERANCE)

@@ -1,4 +1,4 @@
-"""The digits benchmark: its one-class splits, its verdicts, and a tiny end-to-end run."""
+"""The digits benchmark: its splits for both protocols, its verdicts, and a tiny run."""
 
 import json
 from pathlib import Path
@@ -10,8 +10,10 @@ from model_export.digits.baselines import BASELINES
 from model_export.digits.command import main
 from model_export.digits.protocol import (
     BASELINE_METRIC,
+    BENCH_METRICS,
     Protocol,
     ProtocolError,
+    ProtocolName,
     Run,
     digits,
     images,
@@ -19,12 +21,11 @@ from model_export.digits.protocol import (
     splits,
 )
 from model_export.digits.table import summarise, targets
-from service.scoring.similarity import METRICS
 
 
-def test_a_split_trains_on_one_class_and_tests_on_its_rest_and_every_other_image() -> None:
+def test_a_one_class_split_trains_on_one_digit_and_tests_on_its_rest_and_every_other() -> None:
     _, target = digits()
-    split = make_split(Protocol(), normal_class=3, repetition=1)
+    split = make_split(Protocol(), 3, 1, "one-class")
     assert set(target[split.train]) == {3}
     assert not set(split.train) & set(split.test)
     assert len(split.train) == int(0.7 * (target == 3).sum())
@@ -32,12 +33,32 @@ def test_a_split_trains_on_one_class_and_tests_on_its_rest_and_every_other_image
     assert split.labels.tolist() == (target[split.test] != 3).astype(int).tolist()
 
 
+def test_a_leave_one_out_split_trains_on_nine_digits_and_holds_the_tenth_out() -> None:
+    _, target = digits()
+    split = make_split(Protocol(), 3, 1, "leave-one-out")
+    assert set(target[split.train]) == set(range(10)) - {3}
+    assert not set(split.train) & set(split.test)
+    assert len(split.train) == int(0.7 * (target != 3).sum())
+    assert set(split.train) | set(split.test) == set(range(len(target)))
+    assert split.labels.tolist() == (target[split.test] == 3).astype(int).tolist()
+    assert set(target[split.test][split.labels == 0]) == set(range(10)) - {3}
+
+
 def test_splits_are_seeded_and_repetitions_differ() -> None:
     first, again = splits(Protocol(repetitions=2)), splits(Protocol(repetitions=2))
     assert [s.train.tolist() for s in first] == [s.train.tolist() for s in again]
-    by_repetition = {(s.normal_class, s.repetition): s.train.tolist() for s in first}
-    assert by_repetition[(0, 0)] != by_repetition[(0, 1)]
-    assert len({s.seed for s in first}) == len(first)
+    key = {(s.protocol, s.digit, s.repetition): s for s in first}
+    assert key[("one-class", 0, 0)].train.tolist() != key[("one-class", 0, 1)].train.tolist()
+    loo = key[("leave-one-out", 0, 0)].train.tolist()
+    assert loo != key[("leave-one-out", 0, 1)].train.tolist()
+    # The two protocols of a (digit, repetition) share the seed that trains and seeds IF.
+    assert key[("one-class", 4, 1)].seed == key[("leave-one-out", 4, 1)].seed
+    assert len({s.seed for s in first if s.protocol == "one-class"}) == 20
+
+
+def test_only_the_chosen_protocols_are_split() -> None:
+    chosen = splits(Protocol(protocols=("leave-one-out",), repetitions=1))
+    assert {s.protocol for s in chosen} == {"leave-one-out"} and len(chosen) == 10
 
 
 def test_binary_mode_thresholds_the_scaled_digits_at_one_half() -> None:
@@ -53,6 +74,9 @@ def test_binary_mode_thresholds_the_scaled_digits_at_one_half() -> None:
         ({"classes": (3, 11)}, "--classes must be digits 0 to 9"),
         ({"modes": ("color",)}, "--modes must be some of gray, binary, binary-as-gray"),
         ({"repetitions": 0}, "--repetitions must be >= 1"),
+        ({"loo_epochs": 0}, "--loo-epochs must be >= 1"),
+        ({"loo_code": -1}, "--loo-code must be >= 0"),
+        ({"protocols": ("two-class",)}, "--protocol must be one of one-class, leave-one-out"),
     ],
 )
 def test_bad_settings_are_refused(options: dict[str, object], message: str) -> None:
@@ -60,52 +84,108 @@ def test_bad_settings_are_refused(options: dict[str, object], message: str) -> N
         Protocol(**options)  # type: ignore[arg-type]  # deliberately wrong values
 
 
-def fake_runs(auroc: dict[str, float]) -> list[Run]:
-    """Two repetitions of one class; an architecture gets the same AUROC for every metric."""
+def fake_runs(protocol: ProtocolName, auroc: dict[str, float]) -> list[Run]:
+    """Two repetitions of one digit; an architecture's memory and combined rows get 0.01
+    more than its reconstruction rows."""
     runs = []
     for method, value in auroc.items():
         baseline = method in BASELINES
-        for metric in [BASELINE_METRIC] if baseline else list(METRICS):
+        for metric in [BASELINE_METRIC] if baseline else list(BENCH_METRICS):
+            score = value + (0.01 if metric in ("memory", "combined") else 0.0)
             for repetition, shift in enumerate((-0.01, 0.01)):
-                runs.append(Run(method, metric, "gray", 0, repetition, value + shift, 0.5, 1.0))
+                run = Run(protocol, method, metric, "gray", 0, repetition, score + shift, 0.5, 1.0)
+                runs.append(run)
     return runs
 
 
-def test_verdicts_compare_each_architecture_with_the_baselines() -> None:
-    protocol = Protocol(archs=("dense", "conv"), modes=("gray",), classes=(0,), repetitions=2)
-    baselines = {"PCA": 0.9, "IsolationForest": 0.8, "kNN (k=1)": 0.95, "kNN (k=5)": 0.93}
-    rows = summarise(fake_runs({**baselines, "dense": 0.96, "conv": 0.85}), protocol)
+BASELINE_AUROC = {
+    "PCA-8": 0.9,
+    "PCA-16": 0.92,
+    "PCA-32": 0.93,
+    "IsolationForest": 0.8,
+    "kNN (k=1)": 0.95,
+    "kNN (k=5)": 0.94,
+}
+
+
+def test_one_class_verdicts_use_pca_8_and_the_better_knn() -> None:
+    protocol = Protocol(
+        protocols=("one-class",), archs=("dense", "conv"), modes=("gray",), classes=(0,)
+    )
+    runs = fake_runs("one-class", {**BASELINE_AUROC, "dense": 0.95, "conv": 0.85})
+    rows = summarise(runs, protocol)
     by_method = {(r.method, r.metric): r for r in rows}
-    assert by_method[("dense", "cosine")].beats["gray"] == ["PCA", "IF", "kNN"]
+    assert by_method[("dense", "cosine")].beats["gray"] == [
+        "PCA-8",
+        "PCA-16",
+        "PCA-32",
+        "IF",
+        "kNN-5",
+        "=kNN-1",
+    ]
     assert by_method[("conv", "hamming")].beats["gray"] == ["IF"]
-    assert by_method[("PCA", BASELINE_METRIC)].cells["gray"].auroc == pytest.approx(0.9)
-    assert by_method[("PCA", BASELINE_METRIC)].cells["gray"].spread == pytest.approx(0.0002**0.5)
-    verdict = targets(rows, protocol)
+    pca = by_method[("PCA-8", BASELINE_METRIC)].cells["gray"]
+    assert pca.auroc == pytest.approx(0.9) and pca.spread == pytest.approx(0.0002**0.5)
+    verdict = targets(rows, protocol)["one-class"]
     assert not verdict.met
-    assert verdict.lines[1].startswith("conv beats PCA and IsolationForest: gray NO (hamming")
-    assert verdict.lines[2].startswith("best in gray mode: dense/hamming 0.9600")
-    assert verdict.lines[2].endswith("matches or beats kNN")
+    assert verdict.lines[0].startswith("dense beats PCA-8 and IsolationForest: gray yes (hamming")
+    assert verdict.lines[1].startswith("conv beats PCA-8 and IsolationForest: gray NO (hamming")
+    assert verdict.lines[2].startswith("best in gray mode: dense/memory 0.9600")
+    assert verdict.lines[2].endswith("matches or beats kNN-1 (0.9500 ± 0.0141)")
 
 
-def test_a_tiny_run_writes_the_table_and_the_json(tmp_path: Path) -> None:
-    argv = ["--archs", "dense,conv", "--classes", "1,7", "--repetitions", "2", "--epochs", "2"]
-    assert main([*argv, "--jobs", "1", "--out", str(tmp_path)]) == 0
+def test_leave_one_out_verdicts_use_pca_16_and_knn_5_on_reconstruction_scores() -> None:
+    protocol = Protocol(
+        protocols=("leave-one-out",), archs=("dense",), modes=("gray", "binary"), classes=(0,)
+    )
+    # dense's reconstruction (0.915) beats PCA-8 (0.9) but not PCA-16 (0.92); its memory
+    # row (0.925) would, but the target is about reconstruction.
+    runs = fake_runs("leave-one-out", {**BASELINE_AUROC, "dense": 0.915})
+    binary = [
+        Run("leave-one-out", r.method, r.metric, "binary", 0, r.repetition, 0.5, 0.5, 1.0)
+        for r in runs
+    ]
+    verdict = targets(summarise(runs + binary, protocol), protocol)["leave-one-out"]
+    assert not verdict.met
+    assert verdict.lines == [
+        "dense beats PCA-16 and IsolationForest: gray NO (hamming 0.9150 ± 0.0141)",
+        "best in gray mode: dense/memory 0.9250 ± 0.0141, falls short of kNN-5 (0.9400 ± 0.0141)",
+    ]  # binary mode is shown in the table but carries no target
+
+
+def test_a_tiny_run_writes_both_tables_and_the_json(tmp_path: Path) -> None:
+    argv = ["--archs", "dense,conv", "--classes", "1,7", "--repetitions", "2"]
+    argv += ["--epochs", "2", "--loo-epochs", "1", "--jobs", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
 
     table = (tmp_path / "table.md").read_text()
-    assert table.startswith("| method | metric | gray AUROC | binary AUROC | fit s/run |")
-    assert "| *PCA* | - |" in table and "| conv | cosine |" in table
+    one_class, leave_one_out = table.split("## leave-one-out")
+    assert one_class.startswith("## one-class: one digit normal, the nine others anomalous")
+    assert one_class.splitlines()[0].endswith("(default sizes, 2 epochs)")
+    assert leave_one_out.splitlines()[0].endswith("(code size 32, 1 epoch)")
+    for section in (one_class, leave_one_out):
+        assert "| method | metric | gray AUROC | binary AUROC | fit s/run |" in section
+        assert "| *PCA-16* | - |" in section and "| conv | combined |" in section
+        assert "| dense | dice |" not in section  # it would repeat ruzicka's ranking
+    assert "- dense beats PCA-8 and IsolationForest: gray" in one_class
+    assert "- dense beats PCA-16 and IsolationForest: gray" in leave_one_out
     results = json.loads((tmp_path / "results.json").read_text())
     runs = results["runs"]
-    assert len(runs) == (4 + 2 * 4) * 2 * 2 * 2  # methods x modes x classes x repetitions
+    methods = len(BASELINES) + 2 * len(BENCH_METRICS)
+    assert len(runs) == methods * 2 * 2 * 2 * 2  # x protocols x modes x digits x repetitions
     assert all(0.0 <= r["auroc"] <= 1.0 for r in runs)
-    # Dice is a monotone function of Ruzicka (2r / (1 + r)): the same ranking, the same AUROC.
-    auroc = {
-        (r["method"], r["metric"], r["mode"], r["normal_class"], r["repetition"]): r["auroc"]
-        for r in runs
-    }
-    for (method, metric, *rest), value in auroc.items():
-        if metric == "dice":
-            assert value == pytest.approx(auroc[(method, "ruzicka", *rest)])
-    pca = [r["auroc"] for r in runs if r["method"] == "PCA" and r["mode"] == "gray"]
-    assert min(pca) > 0.95  # the digits are easy for the classical baselines
-    assert results["protocol"]["epochs"] == 2 and len(results["targets"]["lines"]) == 4
+    assert {r["metric"] for r in runs} == {BASELINE_METRIC, *BENCH_METRICS}
+    knn = [r["auroc"] for r in runs if r["method"] == "kNN (k=5)" and r["mode"] == "gray"]
+    assert min(knn) > 0.9  # the classical yardstick works on both protocols
+    assert results["protocol"]["epochs"] == 2 and results["protocol"]["loo_epochs"] == 1
+    assert set(results["targets"]) == {"one-class", "leave-one-out"}
+    assert len(results["targets"]["leave-one-out"]["lines"]) == 3  # two archs, gray only
+    assert results["usage"]["jobs"] == 1 and results["usage"]["cpu_seconds"] > 0
+
+
+def test_one_protocol_alone_writes_one_table(tmp_path: Path) -> None:
+    argv = ["--protocol", "leave-one-out", "--archs", "dense", "--modes", "gray"]
+    argv += ["--classes", "4", "--repetitions", "1", "--loo-epochs", "1", "--jobs", "1"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert table.startswith("## leave-one-out") and "## one-class" not in table

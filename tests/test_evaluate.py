@@ -2,7 +2,9 @@
 
 The model here is a stand-in network that keeps the first half of the image and blanks the
 second, exported as a real scoring graph: an image's Hamming similarity is then exactly
-1 - (sum of its second half) / 64, so every number below is known in advance.
+1 - (sum of its second half) / 64, so every number below is known in advance. Its latent
+code is the mean of the second half, and its memory bank holds blank second halves: the
+memory distance is that mean, so `memory` (and `combined`) rank the images as Hamming does.
 """
 
 import csv
@@ -19,7 +21,7 @@ from torch import nn
 
 import service
 from model_export.evaluate import quality
-from model_export.export import export_scoring_graph
+from model_export.export import export_scoring_graph, scoring_graph
 from service.cli import main
 from service.scoring.model import FORMAT_VERSION, ModelMetadata
 
@@ -52,9 +54,13 @@ class KeepFirstHalf(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels * self.mask
 
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels[:, HALF:].mean(dim=1, keepdim=True)
+
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    graph = scoring_graph(KeepFirstHalf(), "gray", images((0.0, 0.0, 0.0), 3))
     metadata = ModelMetadata(
         format_version=FORMAT_VERSION,
         width=8,
@@ -67,9 +73,10 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         created_at=datetime.now(UTC),
         final_loss=0.0,
         arch="halves",
+        memory=graph.memory_info,
     )
     path = tmp_path_factory.mktemp("evaluate") / "halves.onnx"
-    export_scoring_graph(KeepFirstHalf(), SIZE, "gray", metadata, path)
+    export_scoring_graph(graph, SIZE, metadata, path)
     return path
 
 
@@ -147,8 +154,11 @@ def test_json_output_for_normal_and_anomalous_files(
         "gray",
         None,
     )
-    assert set(result["metrics"]) == {"hamming", "ruzicka", "dice", "cosine"}
-    assert result["metrics"]["hamming"]["auroc"] == pytest.approx(11 / 12)
+    # Dice ranks exactly as Ruzicka: it is named as such, not ranked as a choice of its own.
+    assert set(result["metrics"]) == {"hamming", "ruzicka", "cosine", "memory", "combined"}
+    assert result["same_ranking_as"] == {"dice": "ruzicka"}
+    for metric in ("hamming", "memory", "combined"):
+        assert result["metrics"][metric]["auroc"] == pytest.approx(11 / 12), metric
 
 
 def test_labelled_csv_gives_the_same_numbers(
@@ -180,6 +190,22 @@ def test_text_summary_and_threshold_override(
     assert lines[2] == "AUROC      0.9167"
     assert lines[4] == "FPR        0.5000 (2 of 4 normal images flagged)"
     assert lines[5] == "recall     1.0000 (3 of 3 anomalous images flagged)"
+    by_metric = lines[8]
+    assert by_metric.startswith("by metric  AUROC hamming 0.9167, ruzicka ")
+    assert " (= dice), cosine " in by_metric and "dice 0." not in by_metric
+    assert by_metric.endswith(", memory 0.9167, combined 0.9167")
+
+
+def test_dice_can_still_be_judged_at_its_own_threshold(
+    model_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("--model", str(model_path), "--labelled", str(files["labelled"]), "--json")
+    _, dice_out, _ = evaluate(capsys, *args, "--metric", "dice")
+    _, ruzicka_out, _ = evaluate(capsys, *args, "--metric", "ruzicka")
+    dice, ruzicka = json.loads(dice_out), json.loads(ruzicka_out)
+    assert dice["metric"] == "dice"
+    assert dice["auroc"] == pytest.approx(ruzicka["auroc"])  # the same ranking
+    assert dice["fpr"] != ruzicka["fpr"]  # but another number at the same threshold
 
 
 def test_report_directory_gets_a_png_and_the_json(

@@ -15,9 +15,11 @@ from torch import nn
 
 import service
 from model_export import TrainOptions, TrainResult, train_and_export
-from model_export.export import ScoringGraph, export_scoring_graph
+from model_export.export import ExportError, ScoringGraph, export_scoring_graph, scoring_graph
+from model_export.memory import kth_distances
 from model_fixtures import SEED_TRAIN
 from service.errors import ModelError
+from service.scoring.images import ImageShape, read_images
 from service.scoring.model import (
     FORMAT_VERSION,
     INPUT_NAME,
@@ -27,7 +29,13 @@ from service.scoring.model import (
     ModelMetadata,
     load_model,
 )
-from service.scoring.similarity import METRICS, REFERENCE
+from service.scoring.similarity import (
+    METRICS,
+    RECONSTRUCTION_METRICS,
+    REFERENCE,
+    combined_similarity,
+    memory_similarity,
+)
 
 SIZE = 64
 TOLERANCE = 1e-5
@@ -71,9 +79,8 @@ def exported(
 
 
 def torch_outputs(result: TrainResult, pixels: NDArray[np.float32]) -> list[NDArray[np.float32]]:
-    graph = ScoringGraph(result.autoencoder, result.metadata.mode).eval()
     with torch.no_grad():
-        return [t.numpy() for t in graph(torch.from_numpy(pixels))]
+        return [t.numpy() for t in result.graph(torch.from_numpy(pixels))]
 
 
 def test_onnx_graph_matches_the_torch_wrapper(exported: TrainResult) -> None:
@@ -90,9 +97,46 @@ def test_graph_metrics_match_the_numpy_reference_on_its_own_reconstruction(
 ) -> None:
     pixels = fixed_vectors()
     scored = load_model(exported.model_path).score(pixels)
-    for name in METRICS:
+    for name in RECONSTRUCTION_METRICS:
         expected = REFERENCE[name](pixels, scored.reconstruction)
         np.testing.assert_allclose(scored.scores[name], expected, rtol=0, atol=TOLERANCE)
+
+
+def test_memory_metrics_follow_the_reference_maps_of_the_stored_codes(
+    exported: TrainResult,
+) -> None:
+    pixels = fixed_vectors()
+    scored = load_model(exported.model_path).score(pixels)
+    bank = exported.graph.memory
+    assert bank is not None
+    info = exported.metadata.memory
+    with torch.no_grad():
+        codes = exported.autoencoder.encode(torch.from_numpy(pixels)).numpy()
+    stored = bank.codes.numpy()
+    distance = kth_distances(codes, stored, info.k)
+    memory = memory_similarity(distance, info.scale)
+    np.testing.assert_allclose(scored.scores["memory"], memory, rtol=0, atol=TOLERANCE)
+    combined = combined_similarity(
+        scored.scores["hamming"],
+        scored.scores["memory"],
+        reconstruction_mean=info.reconstruction_mean,
+        reconstruction_spread=info.reconstruction_spread,
+        memory_mean=info.memory_mean,
+        memory_spread=info.memory_spread,
+        offset=info.offset,
+    )
+    np.testing.assert_allclose(scored.scores["combined"], combined, rtol=0, atol=TOLERANCE)
+
+
+def test_a_training_image_is_a_stored_code_and_scores_memory_one(exported: TrainResult) -> None:
+    train = read_images(SEED_TRAIN, ImageShape(8, 8)).pixels
+    scored = load_model(exported.model_path).score(np.concatenate([train, fixed_vectors()]))
+    # 1 up to the float32 rounding of the expanded distance (see model_export.memory)
+    np.testing.assert_allclose(scored.scores["memory"][: len(train)], 1.0, rtol=0, atol=1e-3)
+    assert (scored.scores["memory"][len(train) :] < 1.0).all()
+    info = exported.metadata.memory
+    assert (info.codes, info.training_codes, info.k) == (len(train), len(train), 1)
+    assert info.calibration == "leave-one-out" and info.calibration_images == len(train)
 
 
 @pytest.mark.parametrize("rows", [1, 37])
@@ -164,6 +208,28 @@ def test_load_model_refuses_a_missing_metadata_key(exported: TrainResult, tmp_pa
     assert str(caught.value) == f"{broken}: model metadata is missing threshold"
 
 
+def test_a_model_from_before_the_memory_bank_is_refused_in_one_line(
+    exported: TrainResult, tmp_path: Path
+) -> None:
+    old = _save_with_props(
+        exported.model_path, tmp_path / "old.onnx", {"format_version": "1", "memory": None}
+    )
+    with pytest.raises(ModelError) as caught:
+        load_model(old)
+    assert str(caught.value) == (
+        f"{old}: metadata format_version: format version 1 is not supported (this build "
+        f"reads {FORMAT_VERSION}); retrain the model with this version's `pixelwatch train`"
+    )
+
+
+def test_a_graph_without_a_memory_bank_is_not_exported(tmp_path: Path) -> None:
+    metadata = halves_metadata(scoring_graph(KeepFirstHalf(), "gray", fixed_vectors()[:8]))
+    bare = ScoringGraph(KeepFirstHalf(), "gray")
+    with pytest.raises(ExportError, match="has no memory bank"):
+        export_scoring_graph(bare, SIZE, metadata, tmp_path / "no-memory.onnx")
+    assert not (tmp_path / "no-memory.onnx").exists()
+
+
 def test_load_model_refuses_an_incompatible_format_version(
     exported: TrainResult, tmp_path: Path
 ) -> None:
@@ -201,9 +267,12 @@ class KeepFirstHalf(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels * self.mask
 
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels[:, SIZE // 2 :]
 
-def test_graph_metrics_follow_the_reference_for_blank_images(tmp_path: Path) -> None:
-    metadata = ModelMetadata(
+
+def halves_metadata(graph: ScoringGraph) -> ModelMetadata:
+    return ModelMetadata(
         format_version=FORMAT_VERSION,
         width=8,
         height=8,
@@ -214,9 +283,14 @@ def test_graph_metrics_follow_the_reference_for_blank_images(tmp_path: Path) -> 
         pixelwatch_version=service.__version__,
         created_at=datetime.now(UTC),
         final_loss=0.0,
+        memory=graph.memory_info,
     )
+
+
+def test_graph_metrics_follow_the_reference_for_blank_images(tmp_path: Path) -> None:
+    graph = scoring_graph(KeepFirstHalf(), "gray", fixed_vectors()[:8])
     path = tmp_path / "halves.onnx"
-    export_scoring_graph(KeepFirstHalf(), SIZE, "gray", metadata, path)
+    export_scoring_graph(graph, SIZE, halves_metadata(graph), path)
     pixels = np.zeros((4, SIZE), dtype=np.float32)
     pixels[1, SIZE // 2 :] = 0.5  # reconstructed blank: only one image is blank
     pixels[2, : SIZE // 2] = 0.25  # reconstructed exactly
@@ -228,7 +302,7 @@ def test_graph_metrics_follow_the_reference_for_blank_images(tmp_path: Path) -> 
         "dice": [1.0, 0.0, 1.0],
         "cosine": [1.0, 0.0, 1.0],
     }
-    for name in METRICS:
+    for name in RECONSTRUCTION_METRICS:
         np.testing.assert_allclose(scored.scores[name][:3], expected[name], rtol=0, atol=TOLERANCE)
         reference = REFERENCE[name](pixels, scored.reconstruction)
         np.testing.assert_allclose(scored.scores[name], reference, rtol=0, atol=TOLERANCE)

@@ -27,7 +27,7 @@ def test_json_mode_prints_one_object_per_image(seed_model_path: Path) -> None:
         assert {"index", "similarity", "metric", "threshold", "anomaly", "scores"} <= set(row)
         assert row["metric"] == "hamming" and row["threshold"] == 0.6
         assert row["anomaly"] == (row["similarity"] < 0.6)
-        assert set(row["scores"]) == {"hamming", "ruzicka", "dice", "cosine"}
+        assert set(row["scores"]) == {"hamming", "ruzicka", "dice", "cosine", "memory", "combined"}
 
 
 def test_human_mode_shows_input_beside_reconstruction(seed_model_path: Path) -> None:

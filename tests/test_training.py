@@ -128,7 +128,8 @@ def test_threshold_and_fpr_together_are_rejected(capsys: pytest.CaptureFixture[s
         ({"mode": "color"}, "--mode must be one of binary, gray (got 'color')"),
         (
             {"metric": "euclid"},
-            "--metric must be one of hamming, ruzicka, dice, cosine (got 'euclid')",
+            "--metric must be one of hamming, ruzicka, dice, cosine, memory, combined "
+            "(got 'euclid')",
         ),
         (
             {"arch": "lstm"},

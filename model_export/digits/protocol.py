@@ -1,4 +1,11 @@
-"""The benchmark's protocol: the digits, the one-class splits, and every run on them."""
+"""The benchmark's protocols: the digits, the splits of each protocol, and every run on them.
+
+- one-class: one digit is normal; 70% of its images train, the other 30% and every image of
+  the nine other digits are the test images (the nine are the anomalies).
+- leave-one-out: nine digits are normal; 70% of their images train, the other 30% and
+  every image of the held-out digit are the test images (the held-out digit is the
+  anomaly). A broad normal class and a narrow novelty: the harder, realistic case.
+"""
 
 import dataclasses
 import functools
@@ -26,13 +33,13 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from model_export.architectures import ARCHITECTURES
 from model_export.digits.baselines import BASELINES
-from model_export.export import ScoringGraph
+from model_export.export import scoring_graph
 from model_export.train import FitSettings, train
 from service.errors import PixelwatchError
 from service.progress import progress_bar
 from service.scoring.images import ImageShape, Pixels
 from service.scoring.model import Mode
-from service.scoring.similarity import METRICS
+from service.scoring.similarity import EQUIVALENT, METRICS, MetricName
 
 SHAPE: Final = ImageShape(8, 8)
 # Images and model mode: gray and binary as the issue defines them; binary-as-gray feeds the
@@ -42,6 +49,10 @@ ALL_MODES: Final[tuple[BenchMode, ...]] = get_args(BenchMode)
 MODES: Final[tuple[BenchMode, ...]] = ("gray", "binary")
 BINARY_CUT: Final = 0.5
 BASELINE_METRIC: Final = "-"  # baselines have their own score, not a similarity
+ProtocolName = Literal["one-class", "leave-one-out"]
+PROTOCOLS: Final[tuple[ProtocolName, ...]] = get_args(ProtocolName)
+# Dice ranks images exactly as Ruzicka does (D = 2R / (1 + R)): the same AUROC, so no row.
+BENCH_METRICS: Final[tuple[MetricName, ...]] = tuple(m for m in METRICS if m not in EQUIVALENT)
 
 
 class ProtocolError(PixelwatchError):
@@ -52,17 +63,22 @@ class ProtocolError(PixelwatchError):
 class Protocol:
     """Everything that determines the benchmark's numbers."""
 
+    protocols: tuple[ProtocolName, ...] = PROTOCOLS
     archs: tuple[str, ...] = tuple(ARCHITECTURES)
     modes: tuple[BenchMode, ...] = MODES
     classes: tuple[int, ...] = tuple(range(10))
     repetitions: int = 3
     train_fraction: float = 0.7
-    epochs: int = 300
+    epochs: int = 300  # one-class: about 125 training images
+    loo_epochs: int = 45  # leave-one-out: about 1130 training images, nine times the steps
+    loo_code: int = 32  # leave-one-out code size for every architecture (0: their defaults)
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not self.protocols or set(self.protocols) - set(PROTOCOLS):
+            raise ProtocolError(f"--protocol must be one of {', '.join(PROTOCOLS)} or both")
         unknown = sorted(set(self.archs) - set(ARCHITECTURES))
         if unknown or not self.archs:
             known = ", ".join(ARCHITECTURES)
@@ -71,9 +87,11 @@ class Protocol:
             raise ProtocolError(f"--modes must be some of {', '.join(ALL_MODES)}")
         if not self.classes or not set(self.classes) <= set(range(10)):
             raise ProtocolError("--classes must be digits 0 to 9")
-        for name in ("repetitions", "epochs", "batch_size"):
+        for name in ("repetitions", "epochs", "loo_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ProtocolError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.loo_code < 0:
+            raise ProtocolError("--loo-code must be >= 0 (0: each architecture's default)")
         if self.repetitions > 100:
             raise ProtocolError("--repetitions must be at most 100")
         if not 0.0 < self.train_fraction < 1.0:
@@ -82,6 +100,13 @@ class Protocol:
             raise ProtocolError("--lr must be a positive number")
         if not 0 <= self.seed < 1000:
             raise ProtocolError("--seed must be between 0 and 999")
+
+    def epochs_for(self, protocol: ProtocolName) -> int:
+        return self.epochs if protocol == "one-class" else self.loo_epochs
+
+    def params_for(self, protocol: ProtocolName) -> dict[str, int]:
+        """Architecture parameters: the defaults, but for leave-one-out's code size."""
+        return {"code": self.loo_code} if protocol == "leave-one-out" and self.loo_code else {}
 
 
 @functools.cache
@@ -104,9 +129,13 @@ def model_mode(mode: BenchMode) -> Mode:
 
 @dataclass(frozen=True)
 class Split:
-    """One run's images: `train` (normal) and `test` rows; `labels` 1 = anomalous."""
+    """One run's images: `train` (normal) and `test` rows; `labels` 1 = anomalous.
 
-    normal_class: int
+    `digit` is the normal digit (one-class) or the held-out, anomalous one (leave-one-out).
+    """
+
+    protocol: ProtocolName
+    digit: int
     repetition: int
     seed: int
     train: NDArray[np.intp]
@@ -114,20 +143,27 @@ class Split:
     labels: NDArray[np.int8]
 
 
-def make_split(protocol: Protocol, normal_class: int, repetition: int) -> Split:
+def make_split(protocol: Protocol, digit: int, repetition: int, kind: ProtocolName) -> Split:
     _, target = digits()
-    rng = np.random.default_rng([protocol.seed, repetition, normal_class])
-    normal = rng.permutation(np.flatnonzero(target == normal_class))
+    one_class = kind == "one-class"
+    normal_rows = np.flatnonzero((target == digit) if one_class else (target != digit))
+    # One-class keeps the seeds it always had; leave-one-out draws from its own stream.
+    stream = [protocol.seed, repetition, digit] + ([] if one_class else [1])
+    normal = np.random.default_rng(stream).permutation(normal_rows)
     cut = int(len(normal) * protocol.train_fraction)
-    test = np.concatenate([np.sort(normal[cut:]), np.flatnonzero(target != normal_class)])
-    labels = (target[test] != normal_class).astype(np.int8)
-    seed = 10 * (1000 * protocol.seed + repetition) + normal_class  # also trains and seeds IF
-    return Split(normal_class, repetition, seed, np.sort(normal[:cut]), test, labels)
+    anomalous = np.setdiff1d(np.arange(len(target)), normal_rows)
+    test = np.concatenate([np.sort(normal[cut:]), anomalous])
+    labels = np.isin(test, anomalous).astype(np.int8)
+    seed = 10 * (1000 * protocol.seed + repetition) + digit  # also trains and seeds IF
+    return Split(kind, digit, repetition, seed, np.sort(normal[:cut]), test, labels)
 
 
 def splits(protocol: Protocol) -> list[Split]:
     return [
-        make_split(protocol, c, r) for r in range(protocol.repetitions) for c in protocol.classes
+        make_split(protocol, c, r, kind)
+        for kind in protocol.protocols
+        for r in range(protocol.repetitions)
+        for c in protocol.classes
     ]
 
 
@@ -135,24 +171,26 @@ def splits(protocol: Protocol) -> list[Split]:
 class Run:
     """One method's result on one split in one mode."""
 
+    protocol: ProtocolName
     method: str  # an architecture or a baseline
     metric: str  # a similarity metric, or "-" for a baseline
     mode: BenchMode
-    normal_class: int
+    digit: int  # the normal digit (one-class) or the held-out one (leave-one-out)
     repetition: int
     auroc: float
     average_precision: float
-    seconds: float  # fitting time (shared by an architecture's four metrics)
+    seconds: float  # fitting time (shared by an architecture's metrics)
 
 
 def _measure(
     method: str, metric: str, mode: BenchMode, split: Split, score: NDArray[Any], seconds: float
 ) -> Run:
     return Run(
+        split.protocol,
         method,
         metric,
         mode,
-        split.normal_class,
+        split.digit,
         split.repetition,
         float(roc_auc_score(split.labels, score)),
         float(average_precision_score(split.labels, score)),
@@ -172,26 +210,43 @@ def run_baselines(mode: BenchMode, split: Split) -> list[Run]:
 
 
 @dataclass(frozen=True)
+class BaselineTask:
+    """Every baseline on one split in one mode."""
+
+    mode: BenchMode
+    split: Split
+
+
+@dataclass(frozen=True)
 class Task:
     arch: str
     mode: BenchMode
     split: Split
     settings: FitSettings
+    params: dict[str, int]
 
 
 def run_autoencoder(task: Task) -> list[Run]:
-    """Train one architecture on one split and score every metric (torch, one thread)."""
+    """Train one architecture on one split and score every metric (torch, one thread).
+
+    The scoring graph is the one `train` exports (memory bank of the training codes,
+    calibrated leave-one-out, as `train` does without --fpr), run in torch.
+    """
     data = images(task.mode)
+    train_pixels = data[task.split.train]
     with _one_thread():
         start = time.perf_counter()
-        trained = train(task.arch, SHAPE, {}, data[task.split.train], task.settings)
+        trained = train(task.arch, SHAPE, task.params, train_pixels, task.settings)
         elapsed = time.perf_counter() - start
-        graph = ScoringGraph(trained.autoencoder, model_mode(task.mode)).eval()
+        graph = scoring_graph(trained.autoencoder, model_mode(task.mode), train_pixels)
         with torch.no_grad():
             _, *similarities = graph(torch.from_numpy(data[task.split.test]))
+    scores = dict(zip(METRICS, similarities, strict=True))
     return [
-        _measure(task.arch, m, task.mode, task.split, -s.numpy().astype(np.float64), elapsed)
-        for m, s in zip(METRICS, similarities, strict=True)
+        _measure(
+            task.arch, m, task.mode, task.split, -scores[m].numpy().astype(np.float64), elapsed
+        )
+        for m in BENCH_METRICS
     ]
 
 
@@ -206,34 +261,51 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def run_task(task: Task | BaselineTask) -> list[Run]:
+    if isinstance(task, BaselineTask):
+        return run_baselines(task.mode, task.split)
+    return run_autoencoder(task)
+
+
 def run_protocol(protocol: Protocol, *, jobs: int = 1, progress: bool = False) -> list[Run]:
     """Every baseline and architecture on every split and mode; independent of `jobs`."""
     chosen = splits(protocol)
-    runs = [r for mode in protocol.modes for s in chosen for r in run_baselines(mode, s)]
+    runs: list[Run] = []
     settings = FitSettings(epochs=protocol.epochs, lr=protocol.lr, batch_size=protocol.batch_size)
     tasks = [
-        Task(arch, mode, s, _seeded(settings, s.seed))
+        Task(
+            arch,
+            mode,
+            s,
+            _seeded(settings, s.seed, protocol.epochs_for(s.protocol)),
+            protocol.params_for(s.protocol),
+        )
         for arch in protocol.archs
         for mode in protocol.modes
         for s in chosen
     ]
-    with _progress(len(tasks), progress) as advance:
+    # The longest first and the baselines (a second or less each) last, so that the
+    # processes finish together; the tables do not depend on the order.
+    tasks.sort(key=lambda t: t.settings.epochs * len(t.split.train), reverse=True)
+    everything: list[Task | BaselineTask] = [*tasks]
+    everything += [BaselineTask(mode, s) for mode in protocol.modes for s in chosen]
+    with _progress(len(everything), progress) as advance:
         if jobs == 1:
-            results: Iterable[list[Run]] = map(run_autoencoder, tasks)
+            results: Iterable[list[Run]] = map(run_task, everything)
             for result in results:
                 runs.extend(result)
                 advance()
         else:
             spawn = get_context("spawn")  # torch and fork do not mix
             with ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
-                for result in pool.map(run_autoencoder, tasks):
+                for result in pool.map(run_task, everything):
                     runs.extend(result)
                     advance()
     return runs
 
 
-def _seeded(settings: FitSettings, seed: int) -> FitSettings:
-    return dataclasses.replace(settings, seed=seed)
+def _seeded(settings: FitSettings, seed: int, epochs: int) -> FitSettings:
+    return dataclasses.replace(settings, seed=seed, epochs=epochs)
 
 
 @contextmanager

@@ -1,8 +1,13 @@
 """Loading an exported scoring graph and scoring batches with onnxruntime.
 
 The graph takes `pixels` float32 [batch, width*height] and returns `reconstruction` plus one
-similarity per metric; its `metadata_props` carry a `ModelMetadata`. This module is the only
-place the runtime touches onnxruntime, and calibration at export time uses it too.
+similarity per metric (`METRICS`, in that order); its `metadata_props` carry a
+`ModelMetadata`. This module is the only place the runtime touches onnxruntime, and
+calibration at export time uses it too.
+
+Format versions: 2 added the `memory` and `combined` outputs (and the `memory` metadata
+that describes the bank behind them). A format-1 model lacks them and is refused with one
+line asking for a retrain, so every model in service emits the same scores.
 """
 
 import hashlib
@@ -22,13 +27,40 @@ from service.scoring.images import ImageShape, Pixels
 from service.scoring.reference import GoldenImages, ReferenceHistogram
 from service.scoring.similarity import METRICS, MetricName
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 METADATA_PREFIX: Final = "pixelwatch."
 INPUT_NAME: Final = "pixels"
 RECONSTRUCTION: Final = "reconstruction"
 
 Mode = Literal["binary", "gray"]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class MemoryInfo(BaseModel):
+    """The memory bank inside the graph, and the calibration behind `memory` and `combined`.
+
+    The graph carries the same numbers as constants; this copy documents the model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    codes: int = Field(gt=0, description="latent codes stored in the graph")
+    training_codes: int = Field(gt=0, description="training images the codes were chosen from")
+    code_size: int = Field(gt=0)
+    k: int = Field(gt=0, description="memory distance = to the k-th nearest stored code")
+    seed: int = Field(ge=0, description="seeds the coreset's first code")
+    scale: Positive = Field(description="the distance at which memory similarity is 0.5")
+    calibration: Literal["held-out", "leave-one-out"] = Field(
+        description="held-out normal images, or the training images scored without themselves"
+    )
+    calibration_images: int = Field(gt=0)
+    reconstruction_mean: Finite  # of hamming on the calibration images
+    reconstruction_spread: Positive
+    memory_mean: Finite  # of memory similarity on the calibration images
+    memory_spread: Positive
+    offset: Finite  # combined = squash(mean standardised score - offset)
 
 
 class ModelMetadata(BaseModel):
@@ -48,6 +80,7 @@ class ModelMetadata(BaseModel):
     final_loss: float = Field(ge=0.0)
     arch: str = "dense"
     arch_params: dict[str, Any] = Field(default_factory=dict)
+    memory: MemoryInfo
     # Added at export time for checks in service; older models have neither (see reference.py).
     golden: GoldenImages | None = None
     reference: ReferenceHistogram | None = None
@@ -62,9 +95,7 @@ class ModelMetadata(BaseModel):
     @classmethod
     def _supported(cls, value: int) -> int:
         if value != FORMAT_VERSION:
-            raise ValueError(
-                f"format version {value} is not supported (this build reads {FORMAT_VERSION})"
-            )
+            raise ValueError(_unsupported(value))
         return value
 
     @property
@@ -88,6 +119,10 @@ class ModelMetadata(BaseModel):
         }
         if not ours:
             raise ModelError(f"{source}: not a pixelwatch model (no {METADATA_PREFIX}* metadata)")
+        # The version first: an older model lacks newer keys, and that is not what is wrong.
+        version = ours.get("format_version", "").strip()
+        if version and version != str(FORMAT_VERSION):
+            raise ModelError(f"{source}: metadata format_version: {_unsupported(version)}")
         required = {name for name, field in cls.model_fields.items() if field.is_required()}
         missing = sorted(required - set(ours))
         if missing:
@@ -95,7 +130,7 @@ class ModelMetadata(BaseModel):
         values: dict[str, Any] = {}
         for key, text in ours.items():
             try:
-                values[key] = json.loads(text) if key in {"arch_params"} else text
+                values[key] = json.loads(text) if key in _JSON_KEYS else text
             except json.JSONDecodeError:
                 raise ModelError(f"{source}: metadata {key} is not valid JSON") from None
         try:
@@ -104,6 +139,16 @@ class ModelMetadata(BaseModel):
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "metadata"
             raise ModelError(f"{source}: metadata {field}: {first['msg']}") from None
+
+
+_JSON_KEYS: Final = {"arch_params", "memory"}
+
+
+def _unsupported(version: object) -> str:
+    """Why a format version is refused, and what to do about an older one."""
+    text = f"format version {version} is not supported (this build reads {FORMAT_VERSION})"
+    older = str(version).isdigit() and int(str(version)) < FORMAT_VERSION
+    return text + "; retrain the model with this version's `pixelwatch train`" if older else text
 
 
 @dataclass(frozen=True)
