@@ -18,6 +18,8 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         partitions=2,
         faust_messages=100,
         images_per_message=10,
+        cost_batches=2,
+        memory_sizes=(1, 16),
         latency_seconds=2.0,
         model=seed_model_path,
         workdir=tmp_path,
@@ -35,6 +37,9 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
     assert report["throughput"]["worker_binary"]["messages"] == 400  # images, 10 per message
     for cost in ("json_us", "json_batch_us", "u8_us", "bits_us", "baseline_us"):
         assert 0 < report["own_cost"][cost] < 1000, cost
+    assert report["shadow_cost"]["ratio"] > 1  # a second model costs something
+    sizes = {(p["codes"], p["batch"]) for p in report["memory_bank_cost"]}
+    assert sizes == {(c, b) for c in (1, 16) for b in (1, 64, 500)}
     assert report["throughput"]["worker"]["peak_rss_mb"] > 0
     assert report["latency"]["messages"] >= 10
     assert (

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.own_cost import own_cost
+from model_export.digits.memory_cost import CostPoint, markdown, measure_memory_cost
 from service.cli.produce import encode, encode_messages
 from service.config import Settings
 from service.kafka.broker import KAFKA_VERSION, LocalBroker, free_port
@@ -51,6 +52,8 @@ class Config:
     anomalous_share: float = 0.05
     faust_messages: int = 20_000
     images_per_message: int = 50
+    cost_batches: int = 40  # batches of 500 for the in-process shadow cost
+    memory_sizes: tuple[int, ...] = (1, 64, 256, 1024, 4096, 16384)
     latency_seconds: float = 20.0
     model: Path = ROOT / "artifacts" / "bench" / "seed.onnx"
     workdir: Path = ROOT / "bench-results" / "work"
@@ -389,18 +392,22 @@ async def latency(bootstrap: str, cfg: Config, rate: float) -> dict[str, float]:
     }
 
 
-def ensure_model(cfg: Config) -> None:
-    if cfg.model.is_file():
+def ensure_model(path: Path, seed: int = 0) -> None:
+    """The course's model (another seed gives the shadow candidate), trained once."""
+    if path.is_file():
         return
     command = [
         sys.executable, "-m", "service.cli", "train", "--data", str(SEED_TRAIN),
-        "--out", str(cfg.model), "--epochs", "800", "--threshold", "0.6", "--no-progress",
+        "--out", str(path), "--epochs", "800", "--threshold", "0.6", "--no-progress",
+        "--seed", str(seed),
     ]  # fmt: skip
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
 async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
-    ensure_model(cfg)
+    ensure_model(cfg.model)
+    candidate = cfg.workdir / "candidate.onnx"
+    ensure_model(candidate, seed=1)
     run = uuid.uuid4().hex[:8]
     source, faust_source, binary_source = (f"bench-{k}-{run}" for k in ("in", "faust", "bits"))
     await create_topics(bootstrap, [source, faust_source, binary_source], cfg.partitions)
@@ -436,6 +443,11 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     lat = await latency(bootstrap, cfg, 0.5 * results["worker"].per_second)
     console.print("own cost per message, in-process…")
     own = own_cost(load_model(cfg.model))
+    console.print("shadow scoring and memory-bank cost, in-process…")
+    from benchmarks.shadow_cost import shadow_cost  # it reuses this module's images
+
+    shadow = shadow_cost(cfg.model, candidate, batches=cfg.cost_batches)
+    memory = measure_memory_cost(cfg.memory_sizes, (1, 64, 500))
 
     worker = results["worker"].per_second
     limit = results["librdkafka"].per_second
@@ -460,6 +472,8 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
         "throughput": {k: asdict(v) for k, v in results.items()},
         "latency": lat,
         "own_cost": own,
+        "shadow_cost": shadow,
+        "memory_bank_cost": [asdict(point) for point in memory],
         "ratios": {
             "worker/librdkafka": worker / limit,
             "worker/aiokafka": worker / results["aiokafka"].per_second,
@@ -469,6 +483,7 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
             "binary images/librdkafka messages": binary / limit,
             "binary images (anomalies only)/librdkafka messages": binary_quiet / limit,
             "own cost/plain JSON round trip": own["json_us"] / own["baseline_us"],
+            "with a shadow/without": shadow["ratio"],
         },
         "targets": {
             "worker/librdkafka >= 0.5": worker / limit >= 0.5,
@@ -506,6 +521,14 @@ def print_table(report: dict[str, Any]) -> None:
         f"JSON batch {own['json_batch_us']:.2f} µs/image, u8 {own['u8_us']:.2f} µs/image, "
         f"bits {own['bits_us']:.2f} µs/image; plain orjson loads+dumps {own['baseline_us']:.2f} µs"
     )
+    shadow = report["shadow_cost"]
+    out.print(
+        f"shadow scoring: {shadow['us_per_image_live']:.2f} µs/image alone, "
+        f"{shadow['us_per_image_with_shadow']:.2f} with a shadow (x{shadow['ratio']:.2f}; "
+        f"its ONNX call {shadow['us_per_image_shadow_onnx_call']:.2f} µs/image)"
+    )
+    out.print("memory bank (dense network, gray):")
+    out.print(markdown([CostPoint(**point) for point in report["memory_bank_cost"]]))
     for name, value in report["ratios"].items():
         out.print(f"{name}: {value:.2f}")
     for name, ok in report["targets"].items():
