@@ -198,7 +198,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
     with _timed(timings, "memory"):
         holdout = normal.images.pixels[normal.holdout_rows]
         graph = scoring_graph(
-            trained.autoencoder, options.mode, normal.train_pixels, holdout, options.memory
+            trained.autoencoder, options.mode, normal.memory_pixels, holdout, options.memory
         )
     calibration = fixed(options.threshold)
     metadata = ModelMetadata(
@@ -270,6 +270,14 @@ class _Normal:
     @property
     def train_pixels(self) -> Pixels:
         return self.images.pixels[self.train_rows]
+
+    @property
+    def memory_pixels(self) -> Pixels:
+        # The early-stopping images are normal and take no part in calibration: their codes
+        # widen the memory bank. The --fpr hold-out (which then also stops training) stays
+        # out of it: the memory map is calibrated on it.
+        rows = np.setdiff1d(np.union1d(self.train_rows, self.validation_rows), self.holdout_rows)
+        return self.images.pixels[rows]
 
 
 def _prepare_output(out: Path) -> None:

@@ -23,6 +23,7 @@ def settings_for(bootstrap: str, tmp_path: Path, **overrides: object) -> Setting
         scores_topic=f"scores-{run}",
         anomalies_topic=f"anomalies-{run}",
         dlq_topic=f"dlq-{run}",
+        shadow_topic=f"shadow-{run}",
         partitions=3,
         **overrides,  # type: ignore[arg-type]
     )
@@ -46,6 +47,7 @@ async def test_missing_topics_are_created_once_and_existing_ones_are_left_alone(
         settings.input_topic,
         settings.anomalies_topic,
         settings.dlq_topic,
+        settings.shadow_topic,
         settings.scores_topic,
     ]
 
