@@ -374,7 +374,9 @@ def parse_image(raw: bytes, shape: ImageShape) -> tuple[ImageMessage, NDArray[np
             Reason.PIXEL_COUNT,
             f"pixels: {len(message.pixels)} values, expected {shape.size} ({shape})",
         )
-    return message, np.asarray(message.pixels, dtype=np.float32)
+    # A value beyond float32 (1e300) becomes inf here and is refused by the range check.
+    with np.errstate(over="ignore"):
+        return message, np.asarray(message.pixels, dtype=np.float32)
 
 
 def explain(exc: ValidationError) -> tuple[DeadLetterReason, str]:
