@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench import Config, bench
+from benchmarks.bench import Config, bench, ensure_model
+from service.scoring.model import load_model
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -74,3 +75,10 @@ def test_the_shadow_cost_measurement_reports_both_variants_and_their_ratio(
     assert figures["ratio"] == pytest.approx(
         figures["us_per_image_with_shadow"] / figures["us_per_image_live"]
     )
+
+
+def test_a_cached_model_this_build_refuses_is_trained_again(tmp_path: Path) -> None:
+    stale = tmp_path / "seed.onnx"
+    stale.write_bytes(b"a model file from another build")
+    ensure_model(stale)
+    assert load_model(stale).metadata.threshold == pytest.approx(0.6)

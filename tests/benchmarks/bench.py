@@ -36,6 +36,7 @@ from benchmarks.own_cost import own_cost
 from model_export.digits.memory_cost import CostPoint, markdown, measure_memory_cost
 from service.cli.produce import encode, encode_messages
 from service.config import Settings
+from service.errors import ModelError
 from service.kafka.broker import KAFKA_VERSION, LocalBroker, free_port
 from service.samples import SEED_TRAIN
 from service.scoring.images import read_images
@@ -393,9 +394,16 @@ async def latency(bootstrap: str, cfg: Config, rate: float) -> dict[str, float]:
 
 
 def ensure_model(path: Path, seed: int = 0) -> None:
-    """The course's model (another seed gives the shadow candidate), trained once."""
+    """The course's model (another seed gives the shadow candidate), trained once.
+
+    A model left by an older build that this one refuses (another format) is trained again.
+    """
     if path.is_file():
-        return
+        try:
+            load_model(path)
+            return
+        except ModelError as exc:
+            print(f"training {path} again: {exc}", flush=True)
     command = [
         sys.executable, "-m", "service.cli", "train", "--data", str(SEED_TRAIN),
         "--out", str(path), "--epochs", "800", "--threshold", "0.6", "--no-progress",
