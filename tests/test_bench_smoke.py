@@ -28,13 +28,15 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
     report = await bench(kafka_bootstrap, cfg)
 
     expected = {
-        "librdkafka", "aiokafka", "faust_agent",
+        "librdkafka", "aiokafka", "faust_agent", "faust_agent_quiet_monitor",
+        "faust_agent_no_cython",
         "worker", "worker_tuned", "worker_x2", "worker_binary", "worker_binary_anomalies_only",
     }  # fmt: skip
     assert set(report["throughput"]) == expected
     for name, row in report["throughput"].items():
         assert row["per_second"] > 0 and math.isfinite(row["per_second"]), name
-    assert report["throughput"]["faust_agent"]["messages"] == 100
+    for faust in ("faust_agent", "faust_agent_quiet_monitor", "faust_agent_no_cython"):
+        assert report["throughput"][faust]["messages"] == 100, faust
     assert report["throughput"]["worker_binary"]["messages"] == 400  # images, 10 per message
     for cost in ("json_us", "json_batch_us", "u8_us", "bits_us", "baseline_us"):
         assert 0 < report["own_cost"][cost] < 1000, cost

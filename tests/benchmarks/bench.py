@@ -283,16 +283,25 @@ async def measure(
 
 
 async def run_contender(
-    name: str, bootstrap: str, source: str, count: int, cfg: Config
+    name: str,
+    bootstrap: str,
+    source: str,
+    count: int,
+    cfg: Config,
+    label: str | None = None,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Throughput:
+    """Contender `name` of contenders.py; `label`, `args` and `env` make a variant of it."""
+    label = label or name
     run = uuid.uuid4().hex[:8]
-    sink = f"out-{name}-{run}"
+    sink = f"out-{label}-{run}"
     await create_topics(bootstrap, [sink, f"{sink}-anomalies"], cfg.partitions)
-    group = f"bench-{name}-{run}"
-    argv = contender_argv(name, bootstrap, source, sink, group, cfg.workdir / group)
-    env = {"PYTHONPATH": str(ROOT), "PIXELWATCH_MODEL": str(cfg.model)}
-    process = spawn(argv, env, cfg.workdir / f"{name}.log")
-    return await measure(name, [process], bootstrap, sink, count, cfg.timeout)
+    group = f"bench-{label}-{run}"
+    argv = [*contender_argv(name, bootstrap, source, sink, group, cfg.workdir / group), *args]
+    environ = {"PYTHONPATH": str(ROOT), "PIXELWATCH_MODEL": str(cfg.model), **(env or {})}
+    process = spawn(argv, environ, cfg.workdir / f"{label}.log")
+    return await measure(label, [process], bootstrap, sink, count, cfg.timeout)
 
 
 async def run_worker(
@@ -433,6 +442,16 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     results["faust_agent"] = await run_contender(
         "faust_agent", bootstrap, faust_source, cfg.faust_messages, cfg
     )
+    # The two cheap tries at a faster faust: its per-event bookkeeping left out, and (to see
+    # what the compiled stream iterator, on by default, already gives) that iterator off.
+    results["faust_agent_quiet_monitor"] = await run_contender(
+        "faust_agent", bootstrap, faust_source, cfg.faust_messages, cfg,
+        label="faust_agent_quiet_monitor", args=("--quiet-monitor",),
+    )  # fmt: skip
+    results["faust_agent_no_cython"] = await run_contender(
+        "faust_agent", bootstrap, faust_source, cfg.faust_messages, cfg,
+        label="faust_agent_no_cython", env={"NO_CYTHON": "1"},
+    )  # fmt: skip
     results["worker"] = await run_worker("worker", bootstrap, source, cfg, {})
     results["worker_tuned"] = await run_worker("worker_tuned", bootstrap, source, cfg, cfg.tuned)
     results["worker_x2"] = await run_worker("worker_x2", bootstrap, source, cfg, {}, workers=2)
@@ -486,6 +505,10 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
             "worker/librdkafka": worker / limit,
             "worker/aiokafka": worker / results["aiokafka"].per_second,
             "worker/faust_agent": worker / results["faust_agent"].per_second,
+            "faust_agent_quiet_monitor/faust_agent": results["faust_agent_quiet_monitor"].per_second
+            / results["faust_agent"].per_second,
+            "faust_agent_no_cython/faust_agent": results["faust_agent_no_cython"].per_second
+            / results["faust_agent"].per_second,
             "worker_tuned/librdkafka": results["worker_tuned"].per_second / limit,
             "worker_x2/worker": results["worker_x2"].per_second / worker,
             "binary images/librdkafka messages": binary / limit,
