@@ -113,7 +113,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument(
         "--epochs",
-        type=epoch_count,
+        type=whole_or_auto,
         default=DEFAULTS.epochs,
         metavar="N|auto",
         help="the most passes over the training images (default: %(default)s, see below)",
@@ -142,7 +142,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     training.add_argument(
         "--batch-size",
-        type=batch_size,
+        type=whole_or_auto,
         default=DEFAULTS.batch_size,
         metavar="N|auto",
         help="images per optimiser step (default: %(default)s, see below)",
@@ -187,16 +187,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def batch_size(text: str) -> int | Literal["auto"]:
-    if text == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number or auto: {text!r}") from None
-
-
-def epoch_count(text: str) -> int | Literal["auto"]:
+def whole_or_auto(text: str) -> int | Literal["auto"]:
+    """--batch-size and --epochs: a whole number, or auto."""
     if text == "auto":
         return "auto"
     try:

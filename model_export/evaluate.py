@@ -52,7 +52,7 @@ from sklearn.metrics import (
 from service.cli.inputs import add_input_options, report_skipped
 from service.errors import InputError, PixelwatchError
 from service.progress import progress_bar
-from service.scoring.images import ImageShape, Pixels, check_values, read_images
+from service.scoring.images import ImageShape, Pixels, check_values, is_number, read_images
 from service.scoring.model import Model, ScoredBatch, load_model
 from service.scoring.similarity import EQUIVALENT, METRICS, MetricName
 
@@ -200,7 +200,7 @@ def read_labelled(path: Path | str, shape: ImageShape) -> tuple[Pixels, Labels]:
                 try:
                     pixels = np.asarray([float(c) for c in values], dtype=np.float32)
                 except ValueError:
-                    bad = next(c for c in values if not _is_number(c))
+                    bad = next(c for c in values if not is_number(c))
                     raise InputError(source, where, f"{bad!r} is not a number") from None
                 images.append(check_values(pixels, shape, source, where))
                 labels.append(int(label))
@@ -221,14 +221,6 @@ def _header(cells: list[str], shape: ImageShape, source: str, where: str) -> int
             source, where, f"{pixels} pixel columns, the model takes {shape.size} ({shape})"
         )
     return names.index(LABEL_COLUMN)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

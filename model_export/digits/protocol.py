@@ -34,7 +34,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from model_export.architectures import ARCHITECTURES
 from model_export.digits.baselines import BASELINES
 from model_export.export import scoring_graph
-from model_export.train import FitSettings, train
+from model_export.train import FitSettings, one_thread, train
 from service.errors import PixelwatchError
 from service.progress import progress_bar
 from service.scoring.images import ImageShape, Pixels
@@ -234,7 +234,8 @@ def run_autoencoder(task: Task) -> list[Run]:
     """
     data = images(task.mode)
     train_pixels = data[task.split.train]
-    with _one_thread():
+    # One intra-op thread: results do not depend on --jobs, and processes do not compete.
+    with one_thread():
         start = time.perf_counter()
         trained = train(task.arch, SHAPE, task.params, train_pixels, task.settings)
         elapsed = time.perf_counter() - start
@@ -248,17 +249,6 @@ def run_autoencoder(task: Task) -> list[Run]:
         )
         for m in BENCH_METRICS
     ]
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: results do not depend on --jobs, and processes do not compete."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_task(task: Task | BaselineTask) -> list[Run]:

@@ -159,14 +159,15 @@ def _read_csv(path: Path, shape: ImageShape) -> ImageSet:
             except ValueError:
                 if number == 1 and not images:
                     continue  # header
-                bad = next(c for c in cells if not _is_number(c))
+                bad = next(c for c in cells if not is_number(c))
                 raise InputError(str(path), f"row {number}", f"{bad!r} is not a number") from None
             images.append(check_values(values, shape, str(path), f"row {number}"))
             labels.append(f"row {number}")
     return _finish(images, labels, path, shape)
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """A CSV cell that float() reads."""
     try:
         float(text)
     except ValueError:
