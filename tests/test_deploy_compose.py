@@ -98,6 +98,13 @@ def test_kafka_is_the_official_image_of_the_local_brokers_version_in_kraft_mode(
     assert "--bootstrap-server localhost:9092" in test[1]
 
 
+def test_kafka_creates_no_topic_on_the_fly_like_the_local_broker(
+    services: dict[str, Any],
+) -> None:
+    # A deleted output topic must stay deleted; the worker creates its own topics.
+    assert service_env(services["kafka"])["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
 def test_kafka_host_listener_is_the_published_port(services: dict[str, Any]) -> None:
     kafka = services["kafka"]
     env = service_env(kafka)
