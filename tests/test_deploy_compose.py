@@ -98,7 +98,7 @@ def test_kafka_is_the_official_image_of_the_local_brokers_version_in_kraft_mode(
     assert "--bootstrap-server localhost:9092" in test[1]
 
 
-def test_kafka_creates_no_topic_on_the_fly_like_the_local_broker(
+def test_kafka_creates_no_topic_on_the_fly(
     services: dict[str, Any],
 ) -> None:
     # A deleted output topic must stay deleted; the worker creates its own topics.
