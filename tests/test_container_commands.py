@@ -26,7 +26,7 @@ from typing import Any, Final
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from service.kafka.broker import LOG4J2_PROPERTIES, free_port, resolve_jars
@@ -363,14 +363,16 @@ async def test_kafka_service_environment_runs_a_single_node_kraft_broker(
         values = {c[0]: c[1] for c in described.resources[0][4]}
         assert values["num.partitions"] == "4"  # PIXELWATCH_PARTITIONS' default
         assert values["process.roles"] == "broker,controller"
+        assert values["auto.create.topics.enable"] == "false"  # the worker creates its own
+        topic = f"compose-{uuid.uuid4().hex[:8]}"
+        await admin.create_topics([NewTopic(topic, int(values["num.partitions"]), 1)])
     finally:
         await admin.close()
     # The PLAINTEXT listener, as the containers reach it (kafka:9092), round-trips a message.
-    await round_trip(f"127.0.0.1:{compose_kafka.plaintext}")
+    await round_trip(f"127.0.0.1:{compose_kafka.plaintext}", topic)
 
 
-async def round_trip(bootstrap: str) -> None:
-    topic = f"compose-{uuid.uuid4().hex[:8]}"
+async def round_trip(bootstrap: str, topic: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
@@ -384,6 +386,6 @@ async def round_trip(bootstrap: str) -> None:
     try:
         record = await asyncio.wait_for(consumer.getone(), timeout=30)
         assert orjson.loads(record.value) == {"hello": "kafka"}
-        assert len(consumer.assignment()) == 4  # auto-created with num.partitions
+        assert len(consumer.assignment()) == 4
     finally:
         await consumer.stop()
