@@ -21,7 +21,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ from confluent_kafka import (
 
 from service.config import Settings
 from service.dataplane.decode import WHOLE
-from service.dataplane.ledger import Failure, Ledger, TopicPartitionKey
+from service.dataplane.ledger import Failure, Ledger, Record, TopicPartitionKey, Unsent
 from service.dataplane.pipeline import BatchResult, BatchScorer, DeadLetter, Header, Reason
 from service.dataplane.shadow import ShadowScorer
 from service.dataplane.status import DataPathStatus
@@ -215,7 +215,7 @@ class DataPlane:
         producer.poll(0)
         self._replace_failures()
         now = time.monotonic()
-        if len(self._ledger) and (
+        if self._ledger.in_flight and (
             now >= self._next_commit or self._ledger.in_flight > s.max_in_flight
         ):
             self._barrier("commit")
@@ -291,6 +291,10 @@ class DataPlane:
                 # The producer's queue is full: serve deliveries until there is room.
                 producer.poll(0.1)
                 continue
+            except KafkaException as exc:
+                # Refused before it was queued (a topic deleted under us, a record over the
+                # size limit): replaced like a record the broker refused later.
+                self._failures.append(Failure(exc.args[0], Unsent(topic, key, value, headers)))
             return
 
     def _dead_letters(self, dead: list[DeadLetter], failed_at: str) -> None:
@@ -308,13 +312,8 @@ class DataPlane:
         headers: list[Header],
         value: bytes | None,
     ) -> None:
-        try:
-            self._produce(self.settings.dlq_topic, letter.message.key(), value, headers)
-        except KafkaException as exc:
-            # librdkafka refuses a record over its size limit before sending it.
-            if exc.args[0].code() not in _SIZE_ERRORS or value is None:
-                raise
-            self._produce(self.settings.dlq_topic, letter.message.key(), marker(value), headers)
+        # A refusal, at once or later, is handled by `_replace` (the truncation marker, or a stop).
+        self._produce(self.settings.dlq_topic, letter.message.key(), value, headers)
 
     # ---- confirmations ----
 
@@ -345,7 +344,7 @@ class DataPlane:
             left = producer.flush(0.5)
             self._replace_failures()
             self._raise_fatal()
-            if left == 0 and len(producer) == 0:
+            if left == 0 and len(producer) == 0 and not self._failures:
                 break
             if time.monotonic() > deadline:
                 raise DataPlaneError(
@@ -379,7 +378,7 @@ class DataPlane:
                 f"{clean(error.str())}); stopping without committing its batch"
             )
             return
-        source = _source_of(value, self._ledger.messages())
+        source = _source_of(value, self._ledger)
         if source is None:
             self._fatal = DataPlaneError(
                 f"an output to {topic} failed ({error.name()}) and its input is unknown"
@@ -545,12 +544,12 @@ def is_marker(value: bytes) -> bool:
     return value.startswith(b'{"pixelwatch_truncated":true')
 
 
-def _pairs(record: Message) -> list[Header]:
+def _pairs(record: Record) -> list[Header]:
     headers = record.headers() or []
     return list(headers.items()) if isinstance(headers, dict) else list(headers)
 
 
-def _source_of(value: bytes | None, messages: Iterable[Message]) -> tuple[Message, int] | None:
+def _source_of(value: bytes | None, ledger: Ledger) -> tuple[Message, int] | None:
     """The consumed message (and image index) an output was made from."""
     try:
         source = orjson.loads(value or b"")["source"]
@@ -558,10 +557,8 @@ def _source_of(value: bytes | None, messages: Iterable[Message]) -> tuple[Messag
         index = int(source.get("index", WHOLE))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    for message in messages:
-        if message.partition() == partition and message.offset() == offset:
-            return message, index
-    return None
+    message = ledger.source(partition, offset)
+    return None if message is None else (message, index)
 
 
 def _names(partitions: list[TopicPartition]) -> str:
