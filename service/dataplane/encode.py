@@ -46,7 +46,6 @@ class RecordEncoder:
             + model_ref
             + b',"pixels":%s,"reconstruction":%s,"source":%s,"ts":%d,"detected_at":%s}'
         )
-        self.width = 1 + len(metrics)
 
     def numbers(self, columns: NDArray[np.float32]) -> list[list[bytes]]:
         """Rows of [similarity, score per metric] as JSON number texts, one orjson call."""

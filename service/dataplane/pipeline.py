@@ -266,23 +266,19 @@ class BatchScorer:
             keys.append(key)
             ident_json = orjson.dumps(ident)
             flagged = anomaly[row]
-            if flagged or scores_format == "full":
+            # Each record form is encoded at most once, and only if a topic takes it.
+            full = compact = b""
+            if scores_format == "full" or (flagged and anomalies_format == "full"):
                 full = encoder.full(
                     ident_json, flagged, numbers[row], decoded.pixels[row],
                     scored.reconstruction[row], source, ts, detected_at,
                 )  # fmt: skip
+            if scores_format == "compact" or (flagged and anomalies_format == "compact"):
+                compact = encoder.compact(ident_json, flagged, numbers[row], source, ts)
             if scores_format is not None:
-                if scores_format == "compact":
-                    value = encoder.compact(ident_json, flagged, numbers[row], source, ts)
-                else:
-                    value = full
-                result.scores.append((key, value))
+                result.scores.append((key, full if scores_format == "full" else compact))
             if flagged:
-                if anomalies_format == "full":
-                    value = full
-                else:
-                    value = encoder.compact(ident_json, flagged, numbers[row], source, ts)
-                result.anomalies.append((key, value))
+                result.anomalies.append((key, full if anomalies_format == "full" else compact))
         result.similarity = similarity
         result.ts_ms = np.asarray(ts_ms, dtype=np.int64)
         result.pixels = decoded.pixels
