@@ -143,7 +143,6 @@ class DataPlane:
             "heartbeat.interval.ms": max(100, min(1000, int(s.session_timeout * 1000 / 3))),
             # librdkafka's prefetch queue keeps its default (64 MB): at 16 MB, fetching paused
             # a second at a time (fetch.queue.backoff.ms) and throughput fell by 40%.
-            "allow.auto.create.topics": False,
             "on_commit": self._committed_offsets,
             "error_cb": self._client_error,
             "logger": logging.getLogger("pixelwatch.librdkafka"),
@@ -163,9 +162,6 @@ class DataPlane:
             # failures are reported, and barriers (flush) confirm the rest.
             "delivery.report.only.error": True,
             "on_delivery": self._delivered,
-            # A deleted output topic stays deleted: its records fail and are dead-lettered,
-            # even on a broker that would create topics on demand.
-            "allow.auto.create.topics": False,
             "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
             "error_cb": self._client_error,
             "logger": logging.getLogger("pixelwatch.librdkafka"),

@@ -60,6 +60,9 @@ def librdkafka_config(settings: Settings) -> dict[str, str | int | float | bool]
         "security.protocol": settings.security_protocol.lower(),
         "client.id": "pixelwatch",
         "log_level": librdkafka_level(settings.log_level),
+        # Topics are created by the worker at start-up, never on the fly: a deleted output
+        # topic stays deleted and shows up as delivery failures.
+        "allow.auto.create.topics": False,
     }
     if settings.security_protocol.startswith("SASL"):
         assert settings.sasl_password is not None  # Settings validated this

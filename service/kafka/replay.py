@@ -226,10 +226,7 @@ def send(settings: Settings, topic: str, records: list[Record], timeout: float =
         if error is not None:
             failures.append(error)
 
-    producer = Producer(
-        librdkafka_config(settings)
-        | {"enable.idempotence": True, "acks": "all", "allow.auto.create.topics": False}
-    )
+    producer = Producer(librdkafka_config(settings) | {"enable.idempotence": True, "acks": "all"})
     for key, value, headers in records:
         sendable: list[tuple[str, str | bytes | None]] = list(headers)
         while True:
