@@ -128,6 +128,10 @@ HEADER_PARTITION: Final = "pixelwatch.source.partition"
 HEADER_OFFSET: Final = "pixelwatch.source.offset"
 HEADER_INDEX: Final = "pixelwatch.source.index"
 HEADER_FAILED_AT: Final = "pixelwatch.failed_at"
+# The prefixes of the headers a dead letter sets itself. Copies of them on an input are
+# dropped when it is dead-lettered or replayed, so a message that fails again does not
+# carry two reasons.
+DEAD_LETTER_HEADERS: Final = ("pixelwatch.error.", "pixelwatch.source.", HEADER_FAILED_AT)
 
 # Binary input: the format header announces it; the optional id header names the image(s).
 HEADER_FORMAT: Final = "pixelwatch.format"

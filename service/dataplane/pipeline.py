@@ -10,7 +10,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
 
 import numpy as np
 import orjson
@@ -21,6 +20,7 @@ from service.dataplane.decode import WHOLE, Decoded, Decoder, Reject, out_of_ran
 from service.dataplane.encode import RecordEncoder
 from service.dataplane.shadow import ShadowVerdicts
 from service.schemas import (
+    DEAD_LETTER_HEADERS,
     HEADER_FAILED_AT,
     HEADER_INDEX,
     HEADER_MESSAGE,
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 Reason = DeadLetterReason
 # As confluent-kafka types produced headers (a list is invariant, so the value type is wide).
 Header = tuple[str, str | bytes | None]
-# Headers a dead letter sets itself; copies of them on the input are dropped, so a message
-# that fails again after a replay does not carry two reasons.
-_OWN_HEADERS: Final = ("pixelwatch.error.", "pixelwatch.source.", HEADER_FAILED_AT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +79,7 @@ class DeadLetter:
         headers = m.headers() or []
         pairs = headers.items() if isinstance(headers, dict) else headers
         original: list[Header] = [
-            (key, value) for key, value in pairs if not key.startswith(_OWN_HEADERS)
+            (key, value) for key, value in pairs if not key.startswith(DEAD_LETTER_HEADERS)
         ]
         return original + own
 

@@ -25,7 +25,7 @@ from service.config import Settings
 from service.dataplane.loop import is_marker
 from service.errors import PixelwatchError
 from service.kafka.options import librdkafka_config
-from service.schemas import HEADER_FAILED_AT, HEADER_REASON
+from service.schemas import DEAD_LETTER_HEADERS, HEADER_REASON
 from service.untrusted import clean
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,6 @@ Headers = list[tuple[str, bytes]]
 Record = tuple[bytes | None, bytes, Headers]
 Transform = Callable[[bytes | None, bytes, Headers], Record | None]
 
-# What the worker adds to a dead letter (see service/dataplane/pipeline.py): never replayed.
-DEAD_LETTER_HEADERS: Final = ("pixelwatch.error.", "pixelwatch.source.", HEADER_FAILED_AT)
 _READ_TIMEOUT: Final = 30.0  # seconds without a message before the read is given up
 
 
@@ -184,10 +182,11 @@ def _choose(replay: Replay, message: Message, wanted: Filter, transform: Transfo
     if is_marker(value):
         replay.truncated += 1
         return
-    record: Record | None = (key, value, replayed_headers(headers))
+    kept = replayed_headers(headers)
+    record: Record | None = (key, value, kept)
     if transform is not None:
         try:
-            record = transform(key, value, replayed_headers(headers))
+            record = transform(key, value, kept)
         except Exception as exc:  # the user's code
             where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
             raise PixelwatchError(
