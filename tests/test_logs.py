@@ -9,6 +9,7 @@ import pytest
 from mode.utils.logging import ExtensionFormatter
 
 from service.observability.logs import OutageThrottle, librdkafka_level, throttle_handlers
+from service.observability.throttle import Throttle
 
 
 @pytest.fixture
@@ -62,3 +63,14 @@ def test_librdkafka_logs_at_the_configured_level() -> None:
     assert [librdkafka_level(level) for level in ("DEBUG", "INFO", "WARNING", "ERROR")] == [
         7, 6, 4, 3,
     ]  # fmt: skip
+
+
+def test_a_throttled_cause_is_held_back_and_the_next_line_says_how_many_were() -> None:
+    throttle = Throttle(interval=1.0, clock=iter([0.0, 0.2, 0.4, 1.5, 1.6]).__next__)
+    assert [throttle.suffix("delivery") for _ in range(5)] == [
+        "",
+        None,
+        None,
+        " (2 more since the last line)",
+        None,
+    ]

@@ -258,9 +258,8 @@ class DataPlane:
         try:
             verdicts = shadow.score(self.scorer, result)
         except Exception as exc:
-            allowed, held = self._throttle.allow(f"shadow:{type(exc).__name__}")
-            if allowed:
-                suffix = f" ({held} more since the last line)" if held else ""
+            suffix = self._throttle.suffix(f"shadow:{type(exc).__name__}")
+            if suffix is not None:
                 log.error(
                     "shadow model %s failed on a batch of %d: %s%s",
                     shadow.version, result.scored, clean(f"{type(exc).__name__}: {exc}"), suffix,
@@ -357,9 +356,8 @@ class DataPlane:
         if topic == self.settings.shadow_topic:
             # A shadow's verdicts are advisory: counted and logged, never replaced.
             self._delivery_failed(topic, error, False)
-            allowed, held = self._throttle.allow(f"shadow-delivery:{error.code()}")
-            if allowed:
-                suffix = f" ({held} more since the last line)" if held else ""
+            suffix = self._throttle.suffix(f"shadow-delivery:{error.code()}")
+            if suffix is not None:
                 log.warning("a shadow record to %s was refused: %s%s", topic, error.name(), suffix)
             return
         if topic == self.settings.dlq_topic:
@@ -389,9 +387,8 @@ class DataPlane:
         self._delivery_failed(topic, error, True)
         image = "" if index == WHOLE else f" (image {index})"
         text = clean(f"output{image} to {topic} refused: {error.name()}: {error.str()}", 300)
-        throttled, held = self._throttle.allow(f"delivery:{topic}:{error.code()}")
-        if throttled:
-            suffix = f" ({held} more since the last line)" if held else ""
+        suffix = self._throttle.suffix(f"delivery:{topic}:{error.code()}")
+        if suffix is not None:
             log.error(
                 "%s[%s]@%s -> DLQ (delivery): %s%s",
                 message.topic(), message.partition(), message.offset(), text, suffix,
@@ -510,9 +507,8 @@ class DataPlane:
         if error.fatal():
             self._fatal = DataPlaneError(f"Kafka client error: {error.name()}: {error.str()}")
             return
-        allowed, held = self._throttle.allow(f"client:{error.code()}")
-        if allowed:
-            suffix = f" ({held} more since the last line)" if held else ""
+        suffix = self._throttle.suffix(f"client:{error.code()}")
+        if suffix is not None:
             log.warning("Kafka: %s: %s%s", error.name(), clean(error.str()), suffix)
 
 

@@ -51,11 +51,11 @@ class OutageThrottle(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or not record.name.startswith(THROTTLED):
             return True
-        allowed, held = self._throttle.allow(f"{record.name}\0{record.msg}")
-        if allowed and held:
-            record.msg = f"{record.getMessage()} ({held} more since the last line)"
+        suffix = self._throttle.suffix(f"{record.name}\0{record.msg}")
+        if suffix:
+            record.msg = f"{record.getMessage()}{suffix}"
             record.args = ()  # mode's formatter would make None into (None,)
-        return allowed
+        return suffix is not None
 
 
 def throttle_handlers(logger: logging.Logger, interval: float = 1.0) -> OutageThrottle:

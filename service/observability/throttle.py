@@ -4,6 +4,10 @@
 >>> throttle = Throttle(interval=1.0, clock=clock)
 >>> [throttle.allow("broker down") for _ in range(4)]
 [(True, 0), (False, 0), (False, 0), (True, 2)]
+>>> clock = iter([0.0, 0.2, 1.5]).__next__
+>>> throttle = Throttle(interval=1.0, clock=clock)
+>>> [throttle.suffix("broker down") for _ in range(3)]
+['', None, ' (1 more since the last line)']
 """
 
 import time
@@ -27,3 +31,10 @@ class Throttle:
             return False, 0
         self._last[cause] = now
         return True, self._held.pop(cause, 0)
+
+    def suffix(self, cause: str) -> str | None:
+        """None: hold the line back; else what to end it with (how many were held back)."""
+        allowed, held = self.allow(cause)
+        if not allowed:
+            return None
+        return f" ({held} more since the last line)" if held else ""
