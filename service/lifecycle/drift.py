@@ -204,13 +204,10 @@ class Summary(BaseModel):
     """What the metrics and `pixelwatch model status` show of a window."""
 
     version: str
-    sha256: str
-    metric: str
     images: int
     anomaly_rate: float | None
     drift: float | None  # None: no reference histogram, or too few images
     critical: float | None
-    reference_source: str | None
     suggested_threshold: float | None
     shadow: dict[str, ShadowTally]
 
@@ -229,13 +226,10 @@ def summarise(window: Window, now: float, min_images: int) -> Summary:
         suggested = suggested_threshold(counts, model.fpr)
     return Summary(
         version=model.version,
-        sha256=model.sha256,
-        metric=model.metric,
         images=total.images,
         anomaly_rate=total.anomalies / total.images if total.images else None,
         drift=drift,
         critical=critical,
-        reference_source=model.reference_source,
         suggested_threshold=suggested,
         shadow=total.shadow,
     )

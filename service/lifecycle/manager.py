@@ -51,7 +51,6 @@ class Loaded:
 
     model: Model
     origin: str  # "topic" or the file's path
-    record: ModelRecord | None = None
 
     @property
     def sha256(self) -> str:
@@ -229,7 +228,7 @@ class ModelLifecycle:
             return None
         self.counted(None)
         log.info("%s %s validated: self-test %s", role, record.describe(), validated.self_test)
-        return Loaded(validated.model, "topic", record)
+        return Loaded(validated.model, "topic")
 
     def _try_file(self, data: bytes) -> Loaded | None:
         shape = self.live.model.shape if self.live else None

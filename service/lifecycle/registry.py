@@ -177,13 +177,13 @@ class ModelRecord:
             problem = f"{where}: {first['msg']}"
             raise RegistryError(f"the model's location is invalid ({problem})") from None
 
-    def graph(self, *, limit: int = MAX_MODEL_BYTES) -> bytes:
+    def graph(self) -> bytes:
         """The ONNX bytes: the value itself, or fetched from the location it names."""
         if self.value is None:
             raise RegistryError("a tombstone holds no model")
         if self.payload != "uri":
             return self.value
-        return fetch(self.location(), limit=limit)
+        return fetch(self.location())
 
 
 def from_consumer(record: ConsumerRecord) -> ModelRecord | None:
@@ -314,10 +314,10 @@ def _encoded(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
     return [(key, value.encode()) for key, value in headers.items()]
 
 
-def fetch(location: ModelLocation, *, limit: int = MAX_MODEL_BYTES) -> bytes:
+def fetch(location: ModelLocation) -> bytes:
     """The graph a location names, read from a file or over HTTP(S), checked against its
     declared size (its sha256 is checked by whoever loads it)."""
-    limit = min(limit, location.size)
+    limit = location.size  # at most MAX_MODEL_BYTES
     parsed = urllib.parse.urlparse(location.uri)
     where = clean(location.uri, 200)
     try:

@@ -102,7 +102,6 @@ class DriftReporter(Collector):
         self.table = app.Table(TABLE, default=None, key_type=bytes, value_type=bytes, partitions=1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ref: ModelRef | None = None  # data plane thread
-        self._shadow: ShadowScorer | None = None  # data plane thread
         self._pending: dict[str, tuple[ModelRef, Tally]] = {}  # event loop
         self._seq = 0  # event loop
         app.agent(self.topic, name="pixelwatch-model-windows")(self._windows)
@@ -113,7 +112,6 @@ class DriftReporter(Collector):
     def on_swap(self, scorer: BatchScorer, shadow: ShadowScorer | None) -> None:
         """A `SwapObserver`: the model (and metric, threshold) the next batches are scored with."""
         self._ref = model_ref(scorer)
-        self._shadow = shadow
 
     def observe_batch(self, result: BatchResult, seconds: float) -> None:
         """A `BatchObserver`: bins the batch, then hands it to the event loop in one call."""
