@@ -23,7 +23,7 @@ from typing import Any, Final, Literal
 import orjson
 from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.errors import PixelwatchError
 from service.lifecycle.drift import SLOTS, Window, summarise
 from service.lifecycle.registry import (
@@ -45,6 +45,7 @@ from service.lifecycle.registry import (
 )
 from service.lifecycle.validate import Refused, validate
 from service.lifecycle.window import changelog_topic
+from service.observability.logs import use_level
 from service.scoring.model import Model
 from service.untrusted import clean
 
@@ -109,16 +110,12 @@ def settings_of(args: argparse.Namespace) -> Settings:
         )
         if value is not None
     }
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise PixelwatchError(f"invalid setting {field}: {first['msg']}") from None
+    return load_settings(**overrides)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_of(args)
+    use_level(settings.log_level)
     action = {
         "push": push,
         "list": listing,
@@ -137,8 +134,6 @@ class State:
     """What the models topic says about one model name."""
 
     def __init__(self, records: list[ModelRecord], name: str) -> None:
-        self.records = records
-        self.name = name
         mine = [r for r in records if r.name == name]
         lives = [r for r in mine if r.role == "live" and not r.tombstone]
         self.live = lives[-1] if lives else None

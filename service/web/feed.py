@@ -22,6 +22,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from service.dataplane.pipeline import BatchResult, BatchScorer
+from service.observability.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class AnomalyFeed:
         self._version = 0
         self._last_refresh = -REFRESH_INTERVAL
         self.rejected = 0
-        self._last_reject_log = -REJECT_LOG_INTERVAL
+        self._reject_log = Throttle(REJECT_LOG_INTERVAL, clock)
         self.closed = False
 
     # ---- any thread ----------------------------------------------------------------------
@@ -313,9 +314,7 @@ class AnomalyFeed:
 
     def _reject(self, problem: str) -> None:
         self.rejected += 1
-        now = self._clock()
-        if now - self._last_reject_log >= REJECT_LOG_INTERVAL:
-            self._last_reject_log = now
+        if self._reject_log.allow("rejected")[0]:
             # pydantic's messages name the field and the rule, never the offending value.
             log.warning(
                 "anomaly page: a payload cannot be shown (%s); %d so far", problem, self.rejected
