@@ -54,7 +54,7 @@ from service.errors import InputError, PixelwatchError
 from service.progress import progress_bar
 from service.scoring.images import ImageShape, Pixels, check_values, is_number, read_images
 from service.scoring.model import Model, ScoredBatch, load_model
-from service.scoring.similarity import EQUIVALENT, METRICS, MetricName
+from service.scoring.similarity import EQUIVALENT, METRICS, RANKED_METRICS, MetricName
 
 LABEL_COLUMN: Final = "label"
 NORMAL, ANOMALOUS = 0, 1
@@ -140,9 +140,10 @@ def evaluate(
                 f"no {name} images (label {label}): evaluation needs both normal and anomalous"
             )
     scored = _score_in_chunks(model, pixels, metric, threshold, advance)
-    ranked = [m for m in METRICS if m not in EQUIVALENT]
-    ranking = {m: quality(scored.scores[m], labels, scored.threshold) for m in ranked}
-    chosen = quality(scored.scores[scored.metric], labels, scored.threshold)
+    ranking = {m: quality(scored.scores[m], labels, scored.threshold) for m in RANKED_METRICS}
+    chosen = ranking.get(scored.metric) or quality(
+        scored.scores[scored.metric], labels, scored.threshold
+    )
     return Evaluation(model, scored.metric, labels, scored.scores, chosen, ranking)
 
 

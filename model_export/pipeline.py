@@ -138,7 +138,6 @@ class TrainOptions:
 class TrainResult:
     model_path: Path
     report_path: Path | None
-    autoencoder: Autoencoder  # in eval mode
     graph: ScoringGraph  # what the model file holds, in torch (memory bank included)
     trained: Trained  # losses per epoch, held-out losses, the epoch kept
     metadata: ModelMetadata  # exactly what the model file carries
@@ -150,6 +149,11 @@ class TrainResult:
     skipped: tuple[str, ...]  # unreadable image files skipped with --skip-bad, one line each
     # Seconds per stage: read, train, export, calibrate, reference, report.
     timings: Mapping[str, float]
+
+    @property
+    def autoencoder(self) -> Autoencoder:
+        """The trained network, in eval mode."""
+        return self.trained.autoencoder
 
     @property
     def losses(self) -> tuple[float, ...]:
@@ -196,7 +200,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
     log.debug("trained %d epochs, kept %d", trained.epochs_run, trained.kept_epoch)
 
     with _timed(timings, "memory"):
-        holdout = normal.images.pixels[normal.holdout_rows]
+        holdout = normal.holdout_pixels
         graph = scoring_graph(
             trained.autoencoder, options.mode, normal.memory_pixels, holdout, options.memory
         )
@@ -227,11 +231,9 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
                     metadata = ModelMetadata.model_validate(
                         {**metadata.model_dump(), "threshold": calibration.threshold}
                     )
-                    write_metadata(staging, metadata)
             with _timed(timings, "reference"):
-                held_out = normal.images.pixels[normal.holdout_rows]
                 metadata = with_reference(
-                    staging, metadata, normal.train_pixels, held_out, options.seed
+                    staging, metadata, normal.train_pixels, normal.holdout_pixels, options.seed
                 )
                 write_metadata(staging, metadata)
         log.debug("wrote %s; threshold %s", out, calibration.describe())
@@ -243,7 +245,6 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
     return TrainResult(
         model_path=out,
         report_path=report,
-        autoencoder=trained.autoencoder,
         graph=graph,
         trained=trained,
         metadata=metadata,
@@ -272,12 +273,15 @@ class _Normal:
         return self.images.pixels[self.train_rows]
 
     @property
+    def holdout_pixels(self) -> Pixels:
+        return self.images.pixels[self.holdout_rows]
+
+    @property
     def memory_pixels(self) -> Pixels:
         # The early-stopping images are normal and take no part in calibration: their codes
         # widen the memory bank. The --fpr hold-out (which then also stops training) stays
         # out of it: the memory map is calibrated on it.
-        rows = np.setdiff1d(np.union1d(self.train_rows, self.validation_rows), self.holdout_rows)
-        return self.images.pixels[rows]
+        return self.images.pixels[np.setdiff1d(np.arange(len(self.images)), self.holdout_rows)]
 
 
 def _prepare_output(out: Path) -> None:
@@ -312,7 +316,7 @@ def _read(data: Path, options: TrainOptions) -> _Normal:
     validation = train_rows[:0]
     if options.patience > 0 and count >= EARLY_STOPPING_MIN:
         if options.fpr is None:
-            train_rows, validation = validation_split(train_rows, options.seed, count)
+            train_rows, validation = validation_split(train_rows, options.seed)
         else:
             # The calibration split stops training too: holding out another tenth cost
             # detection on the digits (see scaling.py), and choosing one epoch by mean
@@ -363,7 +367,7 @@ def _report(
     model = load_model(out)
     fitted = model.score(normal.train_pixels)
     held_out = len(normal.holdout_rows) > 0
-    scored = model.score(normal.images.pixels[normal.holdout_rows]) if held_out else fitted
+    scored = model.score(normal.holdout_pixels) if held_out else fitted
     shown = slice(0, MAX_EXAMPLES)
     data = ReportData(
         losses=trained.losses,

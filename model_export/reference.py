@@ -40,14 +40,14 @@ def with_reference(
     model_path: Path,
     metadata: ModelMetadata,
     normal: Pixels,
-    held_out: Pixels | None,
+    held_out: Pixels,
     seed: int,
 ) -> ModelMetadata:
     """`metadata` plus golden images (from the held-out images if any, else the training
     images) and the similarity histogram of the held-out normal images (else the training
     ones, which the model fits better: the reference is then optimistic)."""
     model = load_model(model_path)
-    reference_images = held_out if held_out is not None and len(held_out) else normal
+    reference_images = held_out if len(held_out) else normal
     golden = golden_pixels(reference_images, metadata.mode, seed)
     # float32 -> Python float is exact, so the stored pixels are the ones that were scored.
     golden_scored = model.score(golden, metric=metadata.metric, threshold=metadata.threshold)

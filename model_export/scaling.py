@@ -72,17 +72,12 @@ def auto_lr(batch_size: int) -> float:
 
 
 def validation_split(
-    rows: NDArray[np.intp], seed: int, total: int | None = None
+    rows: NDArray[np.intp], seed: int
 ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """Seeded (train, early-stopping) subsets of `rows`, each sorted.
-
-    `total` is the size of the whole data set (default: len(rows)); the rule and the share
-    held out refer to it, so adding --fpr does not change how many images stop training.
-    """
-    total = len(rows) if total is None else total
-    if total < EARLY_STOPPING_MIN:
+    """Seeded (train, early-stopping) subsets of `rows`, each sorted."""
+    if len(rows) < EARLY_STOPPING_MIN:
         return np.sort(rows), rows[:0]
-    held = min(max(1, round(total * VALIDATION_FRACTION)), len(rows) - 1)
+    held = min(max(1, round(len(rows) * VALIDATION_FRACTION)), len(rows) - 1)
     # Its own stream ([seed, 1]), independent of the calibration split's (seed).
     order = np.random.default_rng([seed, 1]).permutation(rows)
     return np.sort(order[held:]), np.sort(order[:held])

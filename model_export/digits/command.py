@@ -46,7 +46,7 @@ def as_json(
     rows: Sequence[Row],
     verdicts: Verdicts,
     seconds: float,
-    usage: dict[str, Any] | None = None,
+    usage: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "protocol": asdict(protocol),
@@ -57,7 +57,7 @@ def as_json(
             "cpus": os.cpu_count(),
         },
         "seconds": seconds,
-        "usage": usage or {},
+        "usage": usage,
         "targets": {k: {"met": v.met, "lines": v.lines} for k, v in verdicts.items()},
         "table": [asdict(row) for row in rows],
         "runs": [asdict(run) for run in runs],
@@ -209,7 +209,7 @@ def write_results(
     rows: Sequence[Row],
     verdicts: Verdicts,
     seconds: float,
-    usage: dict[str, Any] | None = None,
+    usage: dict[str, Any],
 ) -> list[Path]:
     table, results = out / "table.md", out / "results.json"
     try:

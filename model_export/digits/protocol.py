@@ -39,7 +39,7 @@ from service.errors import PixelwatchError
 from service.progress import progress_bar
 from service.scoring.images import ImageShape, Pixels
 from service.scoring.model import Mode
-from service.scoring.similarity import EQUIVALENT, METRICS, MetricName
+from service.scoring.similarity import METRICS, RANKED_METRICS, MetricName
 
 SHAPE: Final = ImageShape(8, 8)
 # Images and model mode: gray and binary as the issue defines them; binary-as-gray feeds the
@@ -52,7 +52,7 @@ BASELINE_METRIC: Final = "-"  # baselines have their own score, not a similarity
 ProtocolName = Literal["one-class", "leave-one-out"]
 PROTOCOLS: Final[tuple[ProtocolName, ...]] = get_args(ProtocolName)
 # Dice ranks images exactly as Ruzicka does (D = 2R / (1 + R)): the same AUROC, so no row.
-BENCH_METRICS: Final[tuple[MetricName, ...]] = tuple(m for m in METRICS if m not in EQUIVALENT)
+BENCH_METRICS: Final[tuple[MetricName, ...]] = RANKED_METRICS
 
 
 class ProtocolError(PixelwatchError):

@@ -42,6 +42,8 @@ MEMORY_METRICS: Final[tuple[MemoryMetric, ...]] = get_args(MemoryMetric)
 METRICS: Final[tuple[MetricName, ...]] = (*RECONSTRUCTION_METRICS, *MEMORY_METRICS)
 # Metrics that order images exactly as another one does (a monotone function of it).
 EQUIVALENT: Final[dict[MetricName, MetricName]] = {"dice": "ruzicka"}
+# Metrics with a ranking of their own (not EQUIVALENT to another), in METRICS order.
+RANKED_METRICS: Final[tuple[MetricName, ...]] = tuple(m for m in METRICS if m not in EQUIVALENT)
 # The reconstruction similarity that `combined` standardises and averages with `memory`.
 COMBINED_RECONSTRUCTION: Final[ReconstructionMetric] = "hamming"
 
