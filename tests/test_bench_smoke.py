@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 async def test_benchmark_runs_every_contender_and_reports_ratios(
-    kafka_bootstrap: str, seed_model_path: Path, tmp_path: Path
+    kafka_bootstrap: str, seed_model_path: Path, candidate_model_path: Path, tmp_path: Path
 ) -> None:
     cfg = Config(
         messages=400,
@@ -24,6 +24,7 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         latency_seconds=2.0,
         model=seed_model_path,
         workdir=tmp_path,
+        candidate=candidate_model_path,
     )
     report = await bench(kafka_bootstrap, cfg)
 

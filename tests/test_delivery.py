@@ -184,7 +184,7 @@ async def test_a_dead_letter_the_broker_refuses_stops_the_worker_without_committ
     assert first.process.returncode not in (0, None)
     errors = [line for line in first.output().splitlines() if "refused a record" in line]
     assert errors and f"dead-letter topic {topics.dlq} refused a record" in errors[0]
-    [offset] = committed(kafka_bootstrap, f"group-{topics.run}", topics.images, 1)
+    [offset] = committed(kafka_bootstrap, topics.group, topics.images, 1)
     assert offset <= 5, "the refused dead letter's offset was committed"
 
     # Once the DLQ topic takes it, a restarted worker dead-letters the very same message.

@@ -4,6 +4,7 @@ faust table across a restart."""
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import time
@@ -49,10 +50,14 @@ def v2(candidate_model_path: Path, v1: Model) -> Model:
     return model
 
 
+@functools.cache
 def pool() -> np.ndarray:
+    """Read once; read-only, since every caller shares the one array."""
     rng = np.random.default_rng(12)
     normal = np.concatenate([read_images(SEED_TRAIN).pixels, read_images(SEED_TEST).pixels])
-    return np.concatenate([np.tile(normal, (3, 1)), (rng.random((6, 64)) < 0.4)]).astype(np.float32)
+    rows = np.concatenate([np.tile(normal, (3, 1)), (rng.random((6, 64)) < 0.4)]).astype(np.float32)
+    rows.setflags(write=False)
+    return rows
 
 
 def images(start: int, count: int, prefix: str = "m") -> list[tuple[bytes, bytes]]:

@@ -88,11 +88,6 @@ def finite(samples: list[dict[str, Any]]) -> list[float]:
     return [v for v in values if math.isfinite(v)]
 
 
-@pytest.fixture
-def topics() -> WorkerTopics:
-    return WorkerTopics()
-
-
 async def test_dashboard_queries_return_data_and_counters_match_what_was_sent(
     kafka_bootstrap: str,
     seed_model_path: Path,

@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from browser_harness import cards, heat, ink, js_fixed, text, wait, wait_for_cards
+from kafka_messages import image_json
 from service.dataplane.status import DataPathStatus
 from service.samples import SEED_TEST, SEED_TRAIN
 from service.schemas import FullScoreMessage
@@ -44,8 +45,7 @@ INJECTED: Final = "#anomalies script, #anomalies img, #anomalies svg, #anomalies
 
 
 def message(ident: str, pixels: np.ndarray) -> tuple[bytes, bytes]:
-    value = orjson.dumps({"id": ident, "pixels": pixels}, option=orjson.OPT_SERIALIZE_NUMPY)
-    return ident.encode(), value
+    return ident.encode(), image_json(pixels, id=ident)
 
 
 def iso_ms(ts: int) -> str:

@@ -4,14 +4,14 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from worker_harness import WorkerProcess, WorkerTopics, wait_for_topic, worker_env
+from conftest import StartWorker
+from worker_harness import WorkerProcess, WorkerTopics, wait_for_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -23,26 +23,12 @@ FAUST_PATHS = (
     "/assignment/", "/performance/",
 )  # fmt: skip
 
-StartWorker = Callable[..., tuple[WorkerProcess, str]]
+LOCAL = "127.0.0.1"  # PIXELWATCH_METRICS_HOST for every worker here
 
 
-@pytest.fixture
-def start_worker(
-    kafka_bootstrap: str, seed_model_path: Path, tmp_path: Path
-) -> Iterator[StartWorker]:
-    workers: list[WorkerProcess] = []
-
-    def start(topics: WorkerTopics, **extra: str) -> tuple[WorkerProcess, str]:
-        state = tmp_path / f"state-{len(workers)}"
-        env = worker_env(kafka_bootstrap, topics, seed_model_path, state, **extra)
-        env["PIXELWATCH_METRICS_HOST"] = "127.0.0.1"
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker)
-        return worker, f"http://127.0.0.1:{env['PIXELWATCH_METRICS_PORT']}"
-
-    yield start
-    for worker in workers:
-        worker.stop(signal.SIGKILL)
+def base_url(worker: WorkerProcess) -> str:
+    """The worker's HTTP address, from the environment the harness started it with."""
+    return f"http://{worker.env['PIXELWATCH_METRICS_HOST']}:{worker.env['PIXELWATCH_METRICS_PORT']}"
 
 
 async def get(url: str) -> tuple[int, str, dict[str, str]]:
@@ -72,8 +58,8 @@ async def wait_until(
 async def test_the_worker_serves_its_page_probes_and_metrics_and_none_of_fausts_views(
     kafka_bootstrap: str, start_worker: StartWorker
 ) -> None:
-    topics = WorkerTopics()
-    worker, base = start_worker(topics, PIXELWATCH_PARTITIONS="2")
+    worker = start_worker(PIXELWATCH_METRICS_HOST=LOCAL, PIXELWATCH_PARTITIONS="2")
+    base = base_url(worker)
     await wait_until(f"{base}/ready", lambda status, _: status == 200, worker)
     status, body, _ = await get(f"{base}/ready")
     ready = json.loads(body)
@@ -95,8 +81,10 @@ async def test_the_worker_serves_its_page_probes_and_metrics_and_none_of_fausts_
 async def test_web_enabled_false_turns_the_page_off_and_keeps_metrics_and_probes(
     kafka_bootstrap: str, start_worker: StartWorker
 ) -> None:
-    topics = WorkerTopics()
-    worker, base = start_worker(topics, PIXELWATCH_PARTITIONS="1", PIXELWATCH_WEB_ENABLED="false")
+    worker = start_worker(
+        PIXELWATCH_METRICS_HOST=LOCAL, PIXELWATCH_PARTITIONS="1", PIXELWATCH_WEB_ENABLED="false"
+    )
+    base = base_url(worker)
     await wait_until(f"{base}/ready", lambda status, _: status == 200, worker)
     assert (await get(f"{base}/healthz"))[0] == 200
     status, body, _ = await get(f"{base}/metrics")
@@ -108,13 +96,14 @@ async def test_web_enabled_false_turns_the_page_off_and_keeps_metrics_and_probes
 
 
 async def test_a_worker_left_without_a_partition_is_alive_but_not_ready(
-    kafka_bootstrap: str, start_worker: StartWorker
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: StartWorker
 ) -> None:
-    topics = WorkerTopics()
-    first, first_url = start_worker(topics, PIXELWATCH_PARTITIONS="1")
+    first = start_worker(PIXELWATCH_METRICS_HOST=LOCAL, PIXELWATCH_PARTITIONS="1")
+    first_url = base_url(first)
     assert await wait_for_topic(kafka_bootstrap, topics.images, first.alive) == 1
     await wait_until(f"{first_url}/ready", lambda status, _: status == 200, first)
-    second, second_url = start_worker(topics, PIXELWATCH_PARTITIONS="1")
+    second = start_worker(PIXELWATCH_METRICS_HOST=LOCAL, PIXELWATCH_PARTITIONS="1")
+    second_url = base_url(second)
     await wait_until(f"{second_url}/healthz", lambda status, _: status == 200, second)
 
     # The group has one partition for two workers: exactly one of them owns it.
@@ -136,8 +125,8 @@ async def test_a_worker_left_without_a_partition_is_alive_but_not_ready(
 async def test_a_worker_stops_promptly_while_a_browser_holds_the_live_stream(
     kafka_bootstrap: str, start_worker: StartWorker
 ) -> None:
-    topics = WorkerTopics()
-    worker, base = start_worker(topics, PIXELWATCH_PARTITIONS="1")
+    worker = start_worker(PIXELWATCH_METRICS_HOST=LOCAL, PIXELWATCH_PARTITIONS="1")
+    base = base_url(worker)
     await wait_until(f"{base}/ready", lambda status, _: status == 200, worker)
     async with aiohttp.ClientSession() as session, session.get(f"{base}/events") as stream:
         assert stream.status == 200

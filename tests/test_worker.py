@@ -164,8 +164,8 @@ async def test_an_instance_id_makes_the_worker_a_static_member_of_its_group(
         kafka_bootstrap, [topics.scores], lambda r: len(r[topics.scores]) >= 1, alive=worker.alive
     )
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    group = f"group-{topics.run}"
-    [description] = [f.result(timeout=30) for f in admin.describe_consumer_groups([group]).values()]
+    groups = admin.describe_consumer_groups([topics.group])
+    [description] = [f.result(timeout=30) for f in groups.values()]
     assert [m.group_instance_id for m in description.members] == [socket.gethostname()]
     assert worker.stop() == 0
 

@@ -58,6 +58,8 @@ class Config:
     latency_seconds: float = 20.0
     model: Path = ROOT / "artifacts" / "bench" / "seed.onnx"
     workdir: Path = ROOT / "bench-results" / "work"
+    # The shadow candidate; None: trained (800 epochs, seed 1) into workdir/candidate.onnx.
+    candidate: Path | None = None
     tuned: dict[str, str] = field(
         default_factory=lambda: {"PIXELWATCH_BATCH_SIZE": "2000", "PIXELWATCH_BATCH_WINDOW": "0.1"}
     )
@@ -423,8 +425,9 @@ def ensure_model(path: Path, seed: int = 0) -> None:
 
 async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     ensure_model(cfg.model)
-    candidate = cfg.workdir / "candidate.onnx"
-    ensure_model(candidate, seed=1)
+    candidate = cfg.candidate or cfg.workdir / "candidate.onnx"
+    if cfg.candidate is None:
+        ensure_model(candidate, seed=1)
     run = uuid.uuid4().hex[:8]
     source, faust_source, binary_source = (f"bench-{k}-{run}" for k in ("in", "faust", "bits"))
     await create_topics(bootstrap, [source, faust_source, binary_source], cfg.partitions)
