@@ -4,8 +4,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,7 +81,33 @@ def run(args: argparse.Namespace) -> int:
     )
     if topics is None:
         return 0
-    return start_worker(settings, checked, loop, topics)
+    code = start_worker(settings, checked, loop, topics)
+    leave_past_stuck_threads(code, STOPPED_THREADS_GRACE)
+    return code
+
+
+STOPPED_THREADS_GRACE = 5.0  # seconds, after faust's own (bounded) stop
+
+
+def leave_past_stuck_threads(code: int, grace: float) -> None:
+    """Exit now with `code` if a thread the worker started outlives its stop by `grace` s.
+
+    The worker has stopped: the data plane delivered and committed, faust flushed its
+    producer. A client thread still blocked in a network call (aiokafka's consumer thread,
+    stopped while its group was joining) would otherwise keep the process from exiting,
+    a stopped worker that never ends, until Kubernetes kills it.
+    """
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon]
+    stuck = [name for name in stuck if name != threading.main_thread().name]
+    if stuck:
+        log.warning("threads %s did not stop within %g s; exiting anyway", stuck, grace)
+        logging.shutdown()
+        os._exit(code)
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, T]) -> T | None:

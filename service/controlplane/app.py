@@ -9,6 +9,7 @@ magnitude more per message than the whole scoring path.
 
 import faust
 from faust.app import BootStrategy
+from faust.types import ConsumerT
 
 from service.config import Settings
 from service.kafka.options import faust_credentials
@@ -24,6 +25,18 @@ class _Boot(BootStrategy):
 
 class ControlApp(faust.App):
     BootStrategy = _Boot
+    #: How long stopping faust's consumer thread may take (mode's default is 60 s).
+    consumer_stop_timeout: float = 60.0
+
+    def _new_consumer(self) -> ConsumerT:
+        consumer = super()._new_consumer()
+        # Stopped while its group is still joining (a worker stopped soon after it
+        # started, on a busy machine), aiokafka's consumer can wait out mode's whole
+        # 60 s; the data plane has committed by then, so a shorter bound loses nothing.
+        thread = getattr(consumer, "_thread", None)
+        if thread is not None:
+            thread.shutdown_timeout = self.consumer_stop_timeout
+        return consumer
 
 
 def control_group(settings: Settings) -> str:
@@ -32,8 +45,8 @@ def control_group(settings: Settings) -> str:
     return f"{settings.group_id}.control"
 
 
-def create_app(settings: Settings) -> faust.App:
-    return ControlApp(
+def create_app(settings: Settings) -> ControlApp:
+    app = ControlApp(
         control_group(settings),
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
         broker_credentials=faust_credentials(settings),
@@ -54,3 +67,5 @@ def create_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=settings.session_timeout,
         broker_heartbeat_interval=min(1.0, settings.session_timeout / 3),
     )
+    app.consumer_stop_timeout = settings.session_timeout + 5.0
+    return app
