@@ -1,7 +1,8 @@
 """A real single-node Apache Kafka broker (KRaft, broker + controller) for development and tests.
 
 No Docker and no tarball: the broker's jars are resolved once from Maven Central through
-deploy/kafka/pom.xml into a cache dir, so the only prerequisites are Java 17+ and Maven.
+the pom.xml shipped beside this module (package data) into a cache dir, so the only
+prerequisites are Java 17+ and Maven.
 """
 
 import asyncio
@@ -9,6 +10,7 @@ import atexit
 import base64
 import fcntl
 import hashlib
+import importlib.resources
 import logging
 import os
 import shutil
@@ -30,7 +32,8 @@ from service.config import Settings
 from service.errors import PixelwatchError
 
 KAFKA_VERSION = "4.1.1"
-POM = Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "pom.xml"
+# Package data, so an installed wheel finds it as well as a checkout does.
+POM_RESOURCE: Final = "pom.xml"
 PREREQUISITES = (
     "Java 17+ and Maven are prerequisites of the local Kafka broker; "
     "on Debian: apt-get install openjdk-17-jre-headless maven"
@@ -303,25 +306,36 @@ def _check_port_free(port: int) -> None:
             ) from None
 
 
+def pom_bytes() -> bytes:
+    """The pom that lists the broker's jars, read from this package's data."""
+    resource = importlib.resources.files(__package__).joinpath(POM_RESOURCE)
+    try:
+        return resource.read_bytes()
+    except OSError as exc:
+        raise BrokerError(
+            f"the package data {__package__}/{POM_RESOURCE} cannot be read ({exc}), "
+            "so the Kafka jars cannot be resolved; reinstall pixelwatch"
+        ) from None
+
+
 def resolve_jars(cache_dir: Path) -> Path:
     """The directory holding Kafka's runtime jars, downloaded with Maven on first use."""
     libs = cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
     marker = libs / ".complete"
+    pom = pom_bytes()
     # The marker holds the pom's digest, so editing the pom (e.g. a version bump) re-resolves.
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest() if POM.is_file() else None
+    digest = hashlib.sha256(pom).hexdigest()
 
     def complete() -> bool:
-        return marker.is_file() and digest in (None, marker.read_text().strip())
+        return marker.is_file() and marker.read_text().strip() == digest
 
     if complete():
         return libs
-    if digest is None:
-        raise BrokerError(f"{POM} is missing, so the Kafka jars cannot be resolved")
     mvn = shutil.which("mvn")
     if mvn is None:
         raise BrokerError(f"`mvn` is not on PATH. {PREREQUISITES}")
     print(
-        f"resolving Kafka {KAFKA_VERSION} jars from Maven Central (first run only)…",
+        f"resolving Kafka {KAFKA_VERSION} jars from Maven Central into {libs} (first run only)…",
         file=sys.stderr,
         flush=True,
     )
@@ -329,10 +343,14 @@ def resolve_jars(cache_dir: Path) -> Path:
     # Resolve into a fresh dir and move it into place whole: an interrupted or concurrent
     # run never leaves a half-filled libs dir that looks complete.
     staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    # Maven runs on a copy of the pom in the cache: the installed package may be read-only,
+    # and Maven may write a target/ dir beside the pom it is given.
+    project = Path(tempfile.mkdtemp(prefix="pom-", dir=libs.parent))
     try:
-        command = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies"]
+        (project / "pom.xml").write_bytes(pom)
+        command = [mvn, "-q", "-B", "-f", str(project / "pom.xml"), "dependency:copy-dependencies"]
         command += [f"-DoutputDirectory={staging}", "-DincludeScope=runtime"]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=project)
         if done.returncode != 0:
             output = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
             raise BrokerError(f"Maven could not resolve the Kafka jars:\n{output}")
@@ -343,6 +361,7 @@ def resolve_jars(cache_dir: Path) -> Path:
             staging.rename(libs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(project, ignore_errors=True)
     return libs
 
 
