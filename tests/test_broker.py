@@ -5,6 +5,7 @@ import asyncio
 import fcntl
 import signal
 import socket
+import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from confluent_kafka import Producer
 
 from service.cli import broker as broker_module
 from service.config import Settings
-from service.kafka.broker import KAFKA_VERSION, BrokerError, LocalBroker, free_port
+from service.kafka.broker import KAFKA_VERSION, BrokerError, LocalBroker, _signals_held, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,3 +231,30 @@ def test_broker_without_java_on_path_names_the_prerequisites(
     assert "Java 17+" in message and "Maven" in message
     assert "apt-get install openjdk-17-jre-headless maven" in message
     assert "\n" not in message
+
+
+def test_a_signal_during_the_spawn_waits_until_the_child_is_known_and_the_child_can_get_it() -> (
+    None
+):
+    """The JVM is spawned with SIGTERM held back: a handler that raises must not run inside
+    Popen (the child would be orphaned), and the child must not inherit the held mask."""
+    seen: list[str] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append("handler"))
+    try:
+        with _signals_held() as unmask:
+            signal.raise_signal(signal.SIGTERM)
+            seen.append("held")
+            child = subprocess.Popen(["sleep", "30"], preexec_fn=unmask)
+        seen.append("after")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        blocked = int(
+            next(line for line in status.splitlines() if line.startswith("SigBlk:"))[7:], 16
+        )
+        assert not blocked & (1 << (signal.SIGTERM - 1)), "the child inherited a held SIGTERM"
+    finally:
+        child.kill()
+        child.wait()
+    assert seen == ["held", "handler", "after"]

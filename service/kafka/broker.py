@@ -8,6 +8,7 @@ prerequisites are Java 17+ and Maven.
 import asyncio
 import atexit
 import base64
+import contextlib
 import fcntl
 import hashlib
 import importlib.resources
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
@@ -179,7 +180,7 @@ class LocalBroker:
             ]
             _format_storage([java, "-XX:TieredStopAtLevel=1", *options], config, scram)
         log.debug("starting Kafka %s on %s", KAFKA_VERSION, self.bootstrap)
-        with self.log_file.open("wb") as out:
+        with self.log_file.open("wb") as out, _signals_held() as unmask:
             # Own session: a Ctrl-C in the terminal reaches only us, and we stop Kafka in order.
             self._proc = subprocess.Popen(
                 [java, "-Xmx512m", *options, "kafka.Kafka", str(config)],
@@ -189,6 +190,7 @@ class LocalBroker:
                 cwd=self.data_dir,
                 start_new_session=True,
                 pass_fds=[self._lock.fileno()] if self._lock else [],
+                preexec_fn=unmask,
             )
         # A safety net for callers that forget stop(): never leave an orphan JVM behind.
         atexit.register(self.stop)
@@ -291,6 +293,29 @@ class LocalBroker:
             ):
                 return
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[Callable[[], None] | None]:
+    """Hold SIGINT and SIGTERM back while the JVM is spawned, so a handler that raises (as
+    `pixelwatch broker`'s does during start-up) runs only once the child is in `_proc` and
+    `stop()` can reach it: raised inside `Popen`, it would orphan a JVM nobody knows of.
+
+    Yields the `preexec_fn` that gives the child the caller's own signal mask back (a mask
+    survives exec, and a JVM that never sees SIGTERM could not be stopped in order), or None
+    off the main thread, where Python never runs a handler and there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+    def unmask() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    try:
+        yield unmask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _check_port_free(port: int) -> None:
