@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import fcntl
+import hashlib
 import signal
 import socket
 import subprocess
@@ -19,7 +20,15 @@ from confluent_kafka import Producer
 
 from service.cli import broker as broker_module
 from service.config import Settings
-from service.kafka.broker import KAFKA_VERSION, BrokerError, LocalBroker, _signals_held, free_port
+from service.kafka.broker import (
+    KAFKA_VERSION,
+    BrokerError,
+    LocalBroker,
+    _signals_held,
+    free_port,
+    pom_bytes,
+    resolve_jars,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -258,3 +267,22 @@ def test_a_signal_during_the_spawn_waits_until_the_child_is_known_and_the_child_
         child.kill()
         child.wait()
     assert seen == ["held", "handler", "after"]
+
+
+@pytest.mark.kafka
+def test_jars_resolve_into_an_empty_cache_from_a_directory_outside_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the pom is package data: nothing is found through the cwd
+    cache = tmp_path / "cache"
+    libs = resolve_jars(cache)
+    assert libs == cache / f"kafka-{KAFKA_VERSION}" / "libs"
+    # The marker records the pom it was resolved from, so a pom change re-resolves.
+    assert (libs / ".complete").read_text().strip() == hashlib.sha256(pom_bytes()).hexdigest()
+    jars = {p.name for p in libs.glob("*.jar")}
+    assert (
+        f"kafka_2.13-{KAFKA_VERSION}.jar" in jars and f"kafka-clients-{KAFKA_VERSION}.jar" in jars
+    )
+    # Neither the staging dir nor Maven's copy of the pom is left beside the jars.
+    assert sorted(p.name for p in libs.parent.iterdir()) == ["libs"]
+    assert resolve_jars(cache) == libs  # and the second call finds them

@@ -496,3 +496,21 @@ def container_command(
         env={k: map_text(v, mapping) for k, v in env.items()},
         cwd=Path(map_text(service.get("working_dir") or image.workdir, mapping)),
     )
+
+
+def readme_figures(results_file: str) -> list[int]:
+    """The megabyte figures of the README's row that cites `results_file`, in order."""
+    readme = (REPO / "README.md").read_text()
+    [row] = [line for line in readme.splitlines() if f"`{results_file}`" in line]
+    return [int(n) for n in re.findall(r"(\d+) MB", row)]
+
+
+def assert_readme_states(results_file: str, measured_mb: list[float]) -> None:
+    """The README's sizes are the ones measured, within 15% (pip and Debian move them a little;
+    a new dependency or a stale row does not pass)."""
+    stated = readme_figures(results_file)
+    assert len(stated) == len(measured_mb), (stated, measured_mb)
+    for said, got in zip(stated, measured_mb, strict=True):
+        assert abs(said - got) <= 0.15 * got, (
+            f"README.md says {said} MB where {results_file} measured {got:.0f} MB: update the row"
+        )
