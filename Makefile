@@ -30,6 +30,12 @@ prometheus: ## check (and on Debian as root, install) Prometheus and promtool fo
 browser: ## check (and on Debian as root, install) chromium and chromedriver for the page's browser tests
 	@bash deploy/browser-setup.sh
 
+podman: ## check (and on Debian as root, install) podman, buildah, runc and debootstrap for the image
+	@bash deploy/podman-setup.sh
+
+image: podman ## build the worker image with podman, no registry needed (IMAGE_TARGET=trainer|model; PYTHON_IMAGE=base)
+	bash deploy/image.sh $(or $(IMAGE_TARGET),worker)
+
 demo: venv prereqs ## live demo: local Kafka, train the seed model, stream images, show anomalies
 	$(BIN)/pixelwatch demo
 
@@ -40,7 +46,7 @@ lint: venv ## ruff lint and format check
 typecheck: venv ## mypy (strict)
 	$(BIN)/mypy
 
-test: venv prereqs prometheus browser lint typecheck ## every test, lint and type check (starts its own Kafka broker)
+test: venv prereqs prometheus browser podman lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
 eval-digits: venv ## AUROC of every architecture vs PCA / IsolationForest / kNN on scikit-learn digits, one-class and leave-one-out (see README)
@@ -70,6 +76,6 @@ schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 	$(BIN)/python -m service.schemas deploy/schemas
 
 clean: ## remove generated models, caches and local broker data (keeps .venv)
-	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results
+	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results build-results dist
 
-.PHONY: help venv prereqs prometheus browser screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas clean
+.PHONY: help venv prereqs prometheus browser podman image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas clean

@@ -121,9 +121,20 @@ def test_trainer_image_installs_the_train_extra_with_cpu_torch(dockerfile: Docke
     runs = " ".join(r.value for r in dockerfile.stage("trainer").find("RUN"))
     for requirements in ("torch.txt", "worker.txt", "train.txt"):
         assert f"/tmp/requirements/{requirements}" in runs
-    [index] = dockerfile.stage("trainer").find("ARG")
-    assert index.value == "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"
+    args = [a.value for a in dockerfile.stage("trainer").find("ARG")]
+    assert args == ["PIP_CERT", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"], args
     assert '--index-url "${TORCH_INDEX_URL}"' in runs
+
+
+def test_pip_cert_is_a_build_argument_without_a_default_in_every_stage_that_runs_pip(
+    dockerfile: Dockerfile,
+) -> None:
+    # Unset unless given (deploy/image.sh gives it with the CA bundle it mounts): an ENV, or a
+    # default, would carry a build machine's path into every container.
+    for stage in dockerfile.stages:
+        if any("pip " in r.value for r in stage.find("RUN")):
+            assert "PIP_CERT" in [a.value for a in stage.find("ARG")], stage.name
+    assert not any("PIP_CERT" in e.value for s in dockerfile.stages for e in s.find("ENV"))
 
 
 def test_requirements_stage_splits_pyproject_into_worker_torch_and_train_lists(

@@ -501,7 +501,8 @@ def container_command(
 def readme_figures(results_file: str) -> list[int]:
     """The megabyte figures of the README's row that cites `results_file`, in order."""
     readme = (REPO / "README.md").read_text()
-    [row] = [line for line in readme.splitlines() if f"`{results_file}`" in line]
+    rows = [line for line in readme.splitlines() if line.startswith("|")]
+    [row] = [line for line in rows if f"`{results_file}`" in line]
     return [int(n) for n in re.findall(r"(\d+) MB", row)]
 
 
