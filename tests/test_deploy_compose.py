@@ -6,6 +6,7 @@ with the same interpolation rules compose applies. tests/test_container_commands
 services' commands.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from worker_harness import (
 )
 
 CHECK_JSONSCHEMA: Final = Path(sys.executable).parent / "check-jsonschema"
+PODMAN_COMPOSE: Final = Path(sys.executable).parent / "podman-compose"
 SERVICES: Final = {"kafka", "trainer", "worker", "producer", "prometheus", "grafana"}
 # Written by the observability work (issue 4); compose mounts them into the containers.
 OBSERVABILITY_FILES: Final = {
@@ -78,6 +80,60 @@ def test_the_validation_rejects_a_broken_compose_file(tmp_path: Path) -> None:
     broken = tmp_path / "compose.yml"
     broken.write_text("services:\n  worker:\n    depends_on:\n      kafka: {condition: up}\n")
     assert check_jsonschema(broken).returncode != 0
+
+
+def podman_compose_config(**variables: str) -> dict[str, Any]:
+    """The file as podman-compose reads it: its own parser and interpolation, a second opinion
+    beside the schema. It runs no container, so the images need not exist."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHON_IMAGE"}}
+    # --profile demo: the producer too.
+    command = [str(PODMAN_COMPOSE), "-f", str(COMPOSE_FILE), "--profile", "demo", "config"]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**env, **variables},
+        cwd=COMPOSE_FILE.parent,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = yaml.safe_load(done.stdout)
+    assert isinstance(result, dict)
+    return result
+
+
+def build_args(service: dict[str, Any]) -> dict[str, str]:
+    args = service["build"].get("args", {})
+    if isinstance(args, list):  # podman-compose prints the list form, KEY=VALUE
+        args = dict(item.split("=", 1) for item in args)
+    assert isinstance(args, dict)
+    return args
+
+
+def test_podman_compose_reads_every_service_of_the_file() -> None:
+    assert set(podman_compose_config()["services"]) == SERVICES
+
+
+def test_podman_compose_rejects_a_file_with_a_required_variable_unset(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yml"
+    broken.write_text('services:\n  worker:\n    image: "${PW_UNSET_VARIABLE:?must be set}"\n')
+    command = [str(PODMAN_COMPOSE), "-f", str(broken), "config"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0 and "PW_UNSET_VARIABLE" in done.stderr, done.stderr
+
+
+def test_built_images_default_to_the_dockerfiles_base_and_take_python_image() -> None:
+    default = parse_dockerfile().args["PYTHON_IMAGE"]
+    for variables, expected in (
+        ({}, default),
+        ({"PYTHON_IMAGE": "localhost/base:1"}, "localhost/base:1"),
+    ):
+        services = podman_compose_config(**variables)["services"]
+        built = {name for name, service in services.items() if "build" in service}
+        assert built == {"trainer", "worker", "producer"}, built
+        for name in built:
+            assert build_args(services[name])["PYTHON_IMAGE"] == expected, (name, variables)
 
 
 def test_services_are_the_ones_the_issue_lists(services: dict[str, Any]) -> None:
