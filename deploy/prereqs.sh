@@ -2,6 +2,7 @@
 # Java 17+ and Maven run the local Apache Kafka broker (its jars come from Maven Central).
 # Checks they are present; on Debian/Ubuntu as root, installs the missing ones.
 set -euo pipefail
+source "$(dirname "$0")/apt-install.sh"
 
 missing=()
 if ! command -v java >/dev/null 2>&1; then
@@ -12,14 +13,6 @@ elif ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then
 fi
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
-fi
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing ${missing[*]} (needed by the local Kafka broker)…"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-else
-  echo "error: the local Kafka broker needs Java 17+ and Maven; install: ${missing[*]}" >&2
-  exit 1
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install_or_explain "the local Kafka broker" "Java 17+ and Maven" "${missing[@]}"
 fi

@@ -29,6 +29,7 @@ from service.kafka.broker import (
     pom_bytes,
     resolve_jars,
 )
+from worker_harness import broker_command_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,23 +153,12 @@ async def test_broker_command_reports_ready_and_stops_cleanly_on_ctrl_c(tmp_path
     port = free_port()
     command = [sys.executable, "-m", "service.cli", "broker", "--port", str(port)]
     command += ["--data-dir", str(tmp_path / "data")]
-    proc = await asyncio.create_subprocess_exec(
-        *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(240):
-            ready = (await proc.stdout.readline()).decode()
-        assert ready.startswith(f"Kafka {KAFKA_VERSION} broker ready on 127.0.0.1:{port} "), ready
+
+    def listening() -> None:
         assert not port_is_free(port)
-        proc.send_signal(signal.SIGINT)
-        async with asyncio.timeout(60):
-            _, stderr = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, stderr.decode()
+
+    code, stderr = await broker_command_until_ready(command, port, REPO, while_ready=listening)
+    assert code == 0, stderr.decode()
     assert port_is_free(port), "the Kafka process outlived `pixelwatch broker`"
 
 

@@ -27,7 +27,6 @@ from service.kafka.broker import default_cache_dir, free_port
 from worker_harness import REPO, WorkerTopics, assert_readme_states, consume_until
 
 TAG: Final = "test"
-IMAGE: Final = f"localhost/pixelwatch-worker:{TAG}"
 RESULTS_DIR: Final = REPO / "build-results"
 TRAIN_ONLY: Final = ("torch", "onnxscript", "matplotlib", "sklearn", "PIL")
 
@@ -54,22 +53,27 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def worker_image() -> str:
+def build_image(target: str, timeout: float, **extra: str) -> str:
+    """`deploy/image.sh TARGET`, as `make image` runs it; returns the image's name."""
     # The debootstrap base, whatever the caller's PYTHON_IMAGE: the build the README reports.
     env = {k: v for k, v in os.environ.items() if k != "PYTHON_IMAGE"}
-    env |= {"IMAGE_TAG": TAG, "RESULTS_DIR": str(RESULTS_DIR)}
+    env |= {"IMAGE_TAG": TAG, "RESULTS_DIR": str(RESULTS_DIR), **extra}
     done = subprocess.run(
-        ["bash", str(REPO / "deploy" / "image.sh"), "worker"],
+        ["bash", str(REPO / "deploy" / "image.sh"), target],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return IMAGE
+    return f"localhost/pixelwatch-{target}:{TAG}"
+
+
+@pytest.fixture(scope="module")
+def worker_image() -> str:
+    return build_image("worker", timeout=1200)
 
 
 @pytest.fixture
@@ -213,20 +217,7 @@ def model_image() -> str:
     """The model target, which builds the trainer stage and trains the seed model inside it.
     PyTorch's CPU-only index (the Dockerfile's default) is not reachable from the test
     machines, so the trainer stage takes PyPI's torch (the CUDA build, run on the CPU)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHON_IMAGE"}
-    env |= {"IMAGE_TAG": TAG, "RESULTS_DIR": str(RESULTS_DIR)}
-    env["TORCH_INDEX_URL"] = "https://pypi.org/simple"
-    done = subprocess.run(
-        ["bash", str(REPO / "deploy" / "image.sh"), "model"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    return f"localhost/pixelwatch-model:{TAG}"
+    return build_image("model", timeout=1800, TORCH_INDEX_URL="https://pypi.org/simple")
 
 
 def test_the_model_image_holds_a_model_trained_in_its_build_that_flags_the_corners(

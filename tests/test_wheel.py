@@ -24,7 +24,14 @@ import pytest
 
 from model_fixtures import SEED_TEST
 from service.kafka.broker import KAFKA_VERSION, free_port
-from worker_harness import REPO, WorkerTopics, assert_readme_states, consume_until, worker_env
+from worker_harness import (
+    REPO,
+    WorkerTopics,
+    assert_readme_states,
+    broker_command_until_ready,
+    consume_until,
+    worker_env,
+)
 
 RESULTS: Final = REPO / "build-results" / "runtime-venv.json"
 # What the wheel must carry besides modules: read at run time through importlib.resources.
@@ -165,27 +172,13 @@ async def test_broker_resolves_its_jars_into_an_empty_cache_and_stops_on_ctrl_c(
     venv: Path, outside: Path
 ) -> None:
     cache, port = outside / "cache", free_port()
-    command = [str(venv / "bin" / "pixelwatch"), "broker", "--port", str(port)]
-    proc = await asyncio.create_subprocess_exec(
-        *command,
+    code, stderr = await broker_command_until_ready(
+        [str(venv / "bin" / "pixelwatch"), "broker", "--port", str(port)],
+        port,
         cwd=outside,
         env=clean_env(PIXELWATCH_CACHE_DIR=str(cache)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(300):
-            ready = (await proc.stdout.readline()).decode()
-        assert ready.startswith(f"Kafka {KAFKA_VERSION} broker ready on 127.0.0.1:{port} "), ready
-        proc.send_signal(signal.SIGINT)
-        async with asyncio.timeout(60):
-            _, stderr = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, stderr.decode()
+    assert code == 0, stderr.decode()
     assert b"resolving Kafka" in stderr, "the jars were not resolved: the cache was not empty"
     libs = cache / f"kafka-{KAFKA_VERSION}" / "libs"
     assert (libs / ".complete").is_file()

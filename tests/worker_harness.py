@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.kafka.broker import free_port
+from service.kafka.broker import KAFKA_VERSION, free_port
 
 
 @dataclass
@@ -515,3 +515,33 @@ def assert_readme_states(results_file: str, measured_mb: list[float]) -> None:
         assert abs(said - got) <= 0.15 * got, (
             f"README.md says {said} MB where {results_file} measured {got:.0f} MB: update the row"
         )
+
+
+async def broker_command_until_ready(
+    command: list[str],
+    port: int,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    while_ready: Callable[[], None] = lambda: None,
+    timeout: float = 300,
+) -> tuple[int, bytes]:
+    """Run a `pixelwatch broker` command until it reports ready on `port`, call `while_ready`,
+    then Ctrl-C it. Returns its exit code and stderr; it never outlives the call."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(timeout):
+            ready = (await proc.stdout.readline()).decode()
+        assert ready.startswith(f"Kafka {KAFKA_VERSION} broker ready on 127.0.0.1:{port} "), ready
+        while_ready()
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            _, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, stderr
