@@ -117,3 +117,4 @@ base_size=$(podman image inspect --format '{{.Size}}' "$base")
 printf '{"image": "%s", "target": "%s", "base": "%s", "size_bytes": %s, "base_size_bytes": %s, "build_seconds": %s}\n' \
   "$image" "$target" "$base" "$size" "$base_size" "$SECONDS" >"$results/image-$target.json"
 echo "built $image: $((size / 1000000)) MB (written to $results/image-$target.json)"
+echo "run it with podman's settings of this build: export CONTAINERS_CONF=$CONTAINERS_CONF"
