@@ -80,8 +80,14 @@ class Settings(BaseSettings):
     batch_window: float = Field(
         0.05, gt=0.0, le=60.0, description="seconds to wait to fill a batch"
     )
-    max_message_bytes: int = Field(
-        65_536, ge=64, le=100_000_000, description="larger payloads go to the DLQ"
+    max_message_bytes: int | None = Field(
+        None,
+        ge=64,
+        le=100_000_000,
+        description=(
+            "larger payloads go to the DLQ (default: scales with the model's image size, "
+            "see default_max_message_bytes)"
+        ),
     )
     onnx_threads: int = Field(1, ge=1, description="onnxruntime threads per worker process")
     model_sha256: str | None = Field(

@@ -158,12 +158,13 @@ def check_model_file(settings: Settings) -> Model | None:
     model = load_model(settings.model, threads=settings.onnx_threads, sha256=settings.model_sha256)
     scorer = scorer_for(settings, model)
     log.info(
-        "model %s: %s %s, metric %s, threshold %.3f",
+        "model %s: %s %s, metric %s, threshold %.3f; messages up to %d bytes",
         settings.model,
         model.shape,
         model.metadata.mode,
         scorer.metric,
         scorer.threshold,
+        scorer.decoder.max_message_bytes,
     )
     return model
 

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Final
 
 import numpy as np
 import orjson
@@ -33,6 +34,7 @@ from service.schemas import (
     DeadLetterReason,
     OutputFormat,
 )
+from service.scoring.images import ImageShape
 from service.scoring.model import Model
 from service.scoring.similarity import METRICS, MetricName
 from service.untrusted import clean
@@ -112,6 +114,21 @@ class BatchResult:
         return len(self.anomalies)
 
 
+MIN_MESSAGE_LIMIT: Final = 65_536
+"""The size limit's floor: what an 8x8 model has always accepted."""
+LIMIT_IMAGES: Final = 16
+LIMIT_BYTES_PER_PIXEL: Final = 32  # a JSON float32 in its longest form, with its comma
+
+
+def default_max_message_bytes(shape: ImageShape) -> int:
+    """The largest message a model's worker accepts unless PIXELWATCH_MAX_MESSAGE_BYTES says
+    otherwise: room for 16 images of its size in the most verbose JSON, and never less than
+    64 KiB. So 8x8 keeps 65,536 bytes, 28x28 gets 401,408 and 64x64 2,097,152 (binary `u8`
+    batches of 50 such images fit too); a fixed 64 KiB would refuse one JSON 64x64 image
+    written with full float precision."""
+    return max(MIN_MESSAGE_LIMIT, LIMIT_IMAGES * LIMIT_BYTES_PER_PIXEL * shape.size)
+
+
 class BatchScorer:
     """Decodes, scores (one onnxruntime call) and encodes a batch of consumed messages."""
 
@@ -121,7 +138,7 @@ class BatchScorer:
         *,
         metric: MetricName | None = None,
         threshold: float | None = None,
-        max_message_bytes: int = 65_536,
+        max_message_bytes: int | None = None,
         scores_format: OutputFormat | None = "compact",
         anomalies_format: OutputFormat = "full",
     ) -> None:
@@ -130,6 +147,8 @@ class BatchScorer:
         self.threshold = model.metadata.threshold if threshold is None else threshold
         self.scores_format = scores_format  # None: the scores topic is off
         self.anomalies_format = anomalies_format
+        if max_message_bytes is None:
+            max_message_bytes = default_max_message_bytes(model.shape)
         self.decoder = Decoder(model.shape, max_message_bytes)
         # The parts of every output that only change with the model are serialised once.
         self._encoder = RecordEncoder(
