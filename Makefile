@@ -30,6 +30,9 @@ prometheus: ## check (and on Debian as root, install) Prometheus and promtool fo
 browser: ## check (and on Debian as root, install) chromium and chromedriver for the page's browser tests
 	@bash deploy/browser-setup.sh
 
+examples: ## check (and on Debian as root, install) kcat and a JDK for the producer examples' tests; Go must be on PATH
+	@bash deploy/examples-setup.sh
+
 podman: ## check (and on Debian as root, install) podman, buildah, runc and debootstrap for the image
 	@bash deploy/podman-setup.sh
 
@@ -46,7 +49,7 @@ lint: venv ## ruff lint and format check
 typecheck: venv ## mypy (strict)
 	$(BIN)/mypy
 
-test: venv prereqs prometheus browser podman lint typecheck ## every test, lint and type check (starts its own Kafka broker)
+test: venv prereqs prometheus browser podman examples lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
 eval-digits: venv ## AUROC of every architecture vs PCA / IsolationForest / kNN on scikit-learn digits, one-class and leave-one-out (see README)
@@ -78,4 +81,4 @@ schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results build-results dist
 
-.PHONY: help venv prereqs prometheus browser podman image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas clean
+.PHONY: help venv prereqs prometheus browser podman examples image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas clean
