@@ -78,7 +78,10 @@ prometheusrule: venv ## regenerate deploy/k8s/prometheusrule.yaml from deploy/pr
 schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 	$(BIN)/python -m service.schemas deploy/schemas
 
+reference: venv ## regenerate docs/reference/*.md (CLI, settings, messages) and the code blocks of docs/examples.md
+	$(BIN)/python docs/generate.py
+
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results build-results dist
 
-.PHONY: help venv prereqs prometheus browser podman examples image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas clean
+.PHONY: help venv prereqs prometheus browser podman examples image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference clean
