@@ -81,7 +81,13 @@ schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 reference: venv ## regenerate docs/reference/*.md (CLI, settings, messages) and the code blocks of docs/examples.md
 	$(BIN)/python docs/generate.py
 
+docs: venv ## build the documentation site, strict (a broken link or anchor fails), into build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
+docs-serve: venv ## serve the documentation site on http://127.0.0.1:8000/, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results build-results dist
 
-.PHONY: help venv prereqs prometheus browser podman examples image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference clean
+.PHONY: help venv prereqs prometheus browser podman examples image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference docs docs-serve clean
