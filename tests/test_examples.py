@@ -26,6 +26,12 @@ MAX_LINES: Final = 30
 EXPECTED: Final = {"example/square": False, "example/corners": True}
 
 
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is missing: run `make examples` (deploy/examples-setup.sh)"
+    return path
+
+
 def _run(argv: list[str], cwd: Path, timeout: float = 600) -> None:
     result = subprocess.run(
         argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
@@ -48,20 +54,22 @@ def python_bits(tmp_path: Path) -> list[str]:
 
 def java(tmp_path: Path) -> list[str]:
     project = _copy("java", tmp_path)
-    _run(["mvn", "-q", "-B", "compile", "dependency:copy-dependencies"], project)
+    _tool("javac")
+    _run([_tool("mvn"), "-q", "-B", "compile", "dependency:copy-dependencies"], project)
     classpath = f"{project / 'target' / 'classes'}:{project / 'target' / 'dependency' / '*'}"
-    return ["java", "-cp", classpath, "Produce"]
+    return [_tool("java"), "-cp", classpath, "Produce"]
 
 
 def go(tmp_path: Path) -> list[str]:
     module = _copy("go", tmp_path)
     binary = tmp_path / "produce"
     # -mod=readonly: go.mod and go.sum as committed must be complete, nothing is rewritten.
-    _run(["go", "build", "-mod=readonly", "-o", str(binary), "."], module)
+    _run([_tool("go"), "build", "-mod=readonly", "-o", str(binary), "."], module)
     return [str(binary)]
 
 
 def kcat(tmp_path: Path) -> list[str]:
+    _tool("kcat")
     return ["bash", str(EXAMPLES / "kcat" / "produce.sh")]
 
 
