@@ -30,6 +30,9 @@ prometheus: ## check (and on Debian as root, install) Prometheus and promtool fo
 browser: ## check (and on Debian as root, install) chromium and chromedriver for the page's browser tests
 	@bash deploy/browser-setup.sh
 
+examples: ## check (and on Debian as root, install) kcat and a JDK for the producer examples' tests; Go must be on PATH
+	@bash deploy/examples-setup.sh
+
 podman: ## check (and on Debian as root, install) podman, buildah, runc and debootstrap for the image
 	@bash deploy/podman-setup.sh
 
@@ -46,7 +49,7 @@ lint: venv ## ruff lint and format check
 typecheck: venv ## mypy (strict)
 	$(BIN)/mypy
 
-test: venv prereqs prometheus browser podman lint typecheck ## every test, lint and type check (starts its own Kafka broker)
+test: venv prereqs prometheus browser podman examples lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
 eval-digits: venv ## AUROC of every architecture vs PCA / IsolationForest / kNN on scikit-learn digits, one-class and leave-one-out (see README)
@@ -75,7 +78,16 @@ prometheusrule: venv ## regenerate deploy/k8s/prometheusrule.yaml from deploy/pr
 schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 	$(BIN)/python -m service.schemas deploy/schemas
 
+reference: venv ## regenerate docs/reference/*.md (CLI, settings, messages) and the code blocks of docs/examples.md
+	$(BIN)/python docs/generate.py
+
+docs: venv ## build the documentation site, strict (a broken link or anchor fails), into build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
+docs-serve: venv ## serve the documentation site on http://127.0.0.1:8000/, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results build-results dist
 
-.PHONY: help venv prereqs prometheus browser podman image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas clean
+.PHONY: help venv prereqs prometheus browser podman examples image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference docs docs-serve clean

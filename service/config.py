@@ -47,22 +47,26 @@ class Settings(BaseSettings):
     group_id: str = Field(
         "pixelwatch", description="consumer group; workers sharing it split partitions"
     )
-    security_protocol: SecurityProtocol = "PLAINTEXT"
-    sasl_mechanism: SaslMechanism = "PLAIN"
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
+    security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="how to reach the brokers: TLS (SSL), SASL, both or neither"
+    )
+    sasl_mechanism: SaslMechanism = Field("PLAIN", description="SASL mechanism")
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged)")
+    ssl_cafile: Path | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates"
+    )
+    ssl_certfile: Path | None = Field(None, description="PEM client certificate, for mutual TLS")
+    ssl_keyfile: Path | None = Field(None, description="PEM key of the client certificate")
 
     # Topics
-    input_topic: str = "pixelwatch.images"
-    anomalies_topic: str = "pixelwatch.anomalies"
-    scores_topic: str = "pixelwatch.scores"
+    input_topic: str = Field("pixelwatch.images", description="images to score")
+    anomalies_topic: str = Field("pixelwatch.anomalies", description="the images flagged")
+    scores_topic: str = Field("pixelwatch.scores", description="every scored image")
     scores_enabled: bool = Field(True, description="publish every scored image, not only anomalies")
-    dlq_topic: str = "pixelwatch.dlq"
+    dlq_topic: str = Field("pixelwatch.dlq", description="messages that cannot be scored")
     partitions: int = Field(4, ge=1, description="partitions for topics this worker creates")
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1, description="replicas of topics this worker creates")
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a consumer group without committed offsets starts"
     )
@@ -183,7 +187,11 @@ class Settings(BaseSettings):
     web_rate_window: float = Field(
         60.0, gt=0.0, le=86_400.0, description="seconds over which the page's rates are counted"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="for our log lines and those of faust, aiokafka and librdkafka"
+    )
 
     @model_validator(mode="after")
     def _check_security(self) -> Self:

@@ -140,6 +140,21 @@ HEADER_ID: Final = "pixelwatch.id"
 HEADER_MODEL_VERSION: Final = "pixelwatch.model.version"
 HEADER_MODEL_SHA256: Final = "pixelwatch.model.sha256"
 
+HEADERS: Final[dict[str, str]] = {
+    HEADER_FORMAT: "on an input: `u8` or `bits` announces binary pixels instead of JSON",
+    HEADER_ID: "on a binary input: the image's id; several images get `ID:0`, `ID:1`, …",
+    HEADER_MODEL_VERSION: "on every output: the version of the model that scored it",
+    HEADER_MODEL_SHA256: "on every output: the sha256 of that model's file",
+    HEADER_REASON: "on a dead letter: why it could not be scored (a dead-letter reason)",
+    HEADER_MESSAGE: "on a dead letter: one line saying what is wrong, escaped and cut",
+    HEADER_TOPIC: "on a dead letter: the topic it was consumed from",
+    HEADER_PARTITION: "on a dead letter: its partition",
+    HEADER_OFFSET: "on a dead letter: its offset",
+    HEADER_INDEX: "on a dead letter of one image of a batch: the image's position",
+    HEADER_FAILED_AT: "on a dead letter: when it failed, ISO 8601 UTC",
+}
+"""Every header pixelwatch reads or writes, with its meaning (the messages reference)."""
+
 SCHEMAS: Final[dict[str, type[BaseModel]]] = {
     "image.schema.json": ImageMessage,
     "image-batch.schema.json": ImageBatchMessage,
