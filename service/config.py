@@ -89,8 +89,8 @@ class Settings(BaseSettings):
         ge=64,
         le=100_000_000,
         description=(
-            "larger payloads go to the DLQ (default: scales with the model's image size, "
-            "see default_max_message_bytes)"
+            "larger payloads go to the DLQ (default: room for 16 images of the model's size "
+            "at 32 bytes a pixel, at least 65536)"
         ),
     )
     onnx_threads: int = Field(1, ge=1, description="onnxruntime threads per worker process")
