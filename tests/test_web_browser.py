@@ -7,6 +7,7 @@ the README).
 """
 
 import asyncio
+import dataclasses
 import datetime
 import os
 import shutil
@@ -202,3 +203,31 @@ async def test_markup_in_every_field_of_a_payload_shows_as_plain_text(
         assert await asyncio.to_thread(browser.execute_script, injected) == 0
         pwned = await asyncio.to_thread(browser.execute_script, "return window.pwned")
         assert pwned is None
+
+
+async def test_a_64x64_anomaly_shows_every_pixel_sharp_at_twice_its_size(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    # A one-pixel checkerboard: any smoothing or a scale that is not a whole number blurs it.
+    side = 64
+    board = (np.indices((side, side)).sum(axis=0) % 2).astype(np.float32).ravel()
+    big = dataclasses.replace(MODEL, width=side, height=side)
+    message = score_message("wafer-1", pixels=board.tolist(), reconstruction=(1 - board).tolist())
+    feed = AnomalyFeed(10, big)
+    app = web.Application()
+    secure(app)
+    add_probe_routes(app, DataPathStatus(), 30.0)
+    add_page_routes(app, feed)
+    async with TestServer(app, host="127.0.0.1") as server:
+        feed.add_batch([orjson.dumps(message)], scored=1, dead_letters=0)
+        await asyncio.to_thread(browser.get, str(server.make_url("/")))
+        [card] = await asyncio.to_thread(wait_for_cards, browser, 1)
+        assert card["input"] == [ink(float(p)) for p in board]
+        sizes = await asyncio.to_thread(
+            browser.execute_script,
+            "return [...document.querySelectorAll('#anomalies canvas')]"
+            ".map(c => [c.width, c.height, c.clientWidth])",
+        )
+        assert sizes == [[side, side, 2 * side]] * 3, sizes
+        screenshot = tmp_path / "page-64x64.png"
+        assert await asyncio.to_thread(browser.save_screenshot, str(screenshot))

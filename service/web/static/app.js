@@ -22,12 +22,15 @@
     return Number.isNaN(date.getTime()) ? String(ms) : date.toISOString();
   }
 
-  // Draws values in [0, 1] as a width x height image, one canvas pixel per image pixel (CSS
-  // scales it up, keeping the pixels sharp). `paint` maps a value to [r, g, b].
+  // Draws values in [0, 1] as a width x height image, one canvas pixel per image pixel, shown
+  // at a whole multiple of its size so the pixels stay sharp: about 72 CSS pixels wide (9x
+  // for 8x8) and never below 2x, so a 64x64 image shows at 128 pixels, every pixel visible.
+  // `paint` maps a value to [r, g, b].
   function draw(canvas, values, paint) {
     const { width, height } = config.model;
     canvas.width = width;
     canvas.height = height;
+    canvas.style.width = `${width * Math.max(2, Math.round(72 / width))}px`;
     const context = canvas.getContext("2d");
     const image = context.createImageData(width, height);
     for (let i = 0; i < width * height; i += 1) {
