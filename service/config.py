@@ -133,6 +133,13 @@ class Settings(BaseSettings):
     anomalies_format: OutputFormat = Field(
         "full", description="anomalies topic record: full (pixels, reconstruction) or compact"
     )
+    scores_grouping: Literal["image", "message"] = Field(
+        "image",
+        description=(
+            "scores topic records: one per image, or one per multi-image message holding "
+            "every image's verdict (compact scores only)"
+        ),
+    )
     delivery_timeout: float = Field(
         30.0,
         ge=1.0,
@@ -206,6 +213,11 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name} {path} does not exist")
+        if self.scores_grouping == "message" and self.scores_format != "compact":
+            raise ValueError(
+                "scores_grouping message needs PIXELWATCH_SCORES_FORMAT=compact: a grouped "
+                "record holds verdicts, not pixels"
+            )
         topics = [
             self.input_topic,
             self.anomalies_topic,

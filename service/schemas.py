@@ -155,11 +155,47 @@ HEADERS: Final[dict[str, str]] = {
 }
 """Every header pixelwatch reads or writes, with its meaning (the messages reference)."""
 
+
+class ImageVerdict(BaseModel):
+    """One image of a multi-image message, as a message's scores record lists it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    index: int = Field(description="position of the image in its message")
+    anomaly: bool
+    similarity: Unit
+    scores: dict[MetricName, Unit]
+    ts: int = Field(description="event time, epoch milliseconds (input ts or Kafka timestamp)")
+
+
+class DeadImage(BaseModel):
+    """An image of a multi-image message that went to the dead-letter topic instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    reason: DeadLetterReason
+
+
+class MessageScores(BaseModel):
+    """Every image of one multi-image message, in input order: the scores topic's record with
+    PIXELWATCH_SCORES_GROUPING=message (single-image messages keep ScoreMessage)."""
+
+    model_config = ConfigDict(extra="forbid", title="pixelwatch message scores")
+
+    source: Source = Field(description="the input message (no index: it is the whole message)")
+    model: ModelRef
+    images: list[ImageVerdict] = Field(description="the scored images, in input order")
+    dead: list[DeadImage] = Field(description="the images dead-lettered instead, by index")
+
+
 SCHEMAS: Final[dict[str, type[BaseModel]]] = {
     "image.schema.json": ImageMessage,
     "image-batch.schema.json": ImageBatchMessage,
     "score.schema.json": ScoreMessage,
     "score-full.schema.json": FullScoreMessage,
+    "message-scores.schema.json": MessageScores,
 }
 
 

@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from kafka_messages import bits_bytes, image_json, kafka_message, u8_bytes
-from service.dataplane.pipeline import BatchScorer
+from service.config import Settings
+from service.dataplane.pipeline import BatchResult, BatchScorer
 from service.samples import SEED_TEST, SEED_TRAIN
 from service.schemas import (
     HEADER_FORMAT,
@@ -19,6 +21,7 @@ from service.schemas import (
     HEADER_REASON,
     DeadLetterReason,
     FullScoreMessage,
+    MessageScores,
     ScoreMessage,
 )
 from service.scoring.images import read_images
@@ -341,3 +344,65 @@ def test_what_produce_writes_the_worker_reads_image_for_image(
         assert [s.id for s in scores] == ids and {s.ts for s in scores} == {7}
     else:  # binary: named after each message's first image, then the index
         assert [s.id for s in scores][:per_message] == [f"p-0:{k}" for k in range(per_message)]
+
+
+def test_grouped_scores_give_one_record_per_multi_image_message_with_every_verdict_in_order(
+    model: Model, images: np.ndarray
+) -> None:
+    good = [{"id": f"b{k}", "pixels": images[k].tolist()} for k in range(3)]
+    bad = {"id": "b3", "pixels": [0.0] * 63 + [2.0]}
+    wrong = {"pixels": [0, 1]}
+    batch = orjson.dumps({"images": [good[0], bad, good[1], wrong, good[2]]})
+    messages = [
+        kafka_message(batch, 7, key=b"line-4"),
+        kafka_message(image_json(images[3], id="alone"), 8),
+        kafka_message(bits_bytes(images), 9, headers=[(HEADER_FORMAT, b"bits")]),
+        # Every image of it is bad: its record lists them all as dead.
+        kafka_message(orjson.dumps({"images": [wrong, bad]}), 10),
+    ]
+    per_image = BatchScorer(model).process(messages)
+    grouped = BatchScorer(model, scores_grouping="message").process(messages)
+
+    # Anomalies and dead letters stay per image; only the scores topic is grouped.
+    def flagged(result: BatchResult) -> list[tuple[bytes, dict[str, object]]]:
+        return [(k, {**orjson.loads(v), "detected_at": ""}) for k, v in result.anomalies]
+
+    assert flagged(grouped) == flagged(per_image) and grouped.anomalies
+    assert [(d.index, d.reason) for d in grouped.dead] == [
+        (d.index, d.reason) for d in per_image.dead
+    ]
+    keys = [k for k, _ in grouped.scores]
+    assert keys == [b"line-4", b"alone", b"images:3:9", b"images:3:10"]
+    first, alone, bits, all_dead = (v for _, v in grouped.scores)
+    assert ScoreMessage.model_validate_json(alone).id == "alone"  # a single image: as before
+    records = [MessageScores.model_validate_json(v) for v in (first, bits, all_dead)]
+    assert [(r.source.offset, r.source.index) for r in records] == [
+        (7, None),
+        (9, None),
+        (10, None),
+    ]
+    assert [v.index for v in records[0].images] == [0, 2, 4]
+    assert [(d.index, d.reason) for d in records[0].dead] == [
+        (1, Reason.PIXEL_VALUE),
+        (3, Reason.PIXEL_COUNT),
+    ]
+    assert [v.index for v in records[1].images] == list(range(len(images)))
+    assert (records[2].images, [d.index for d in records[2].dead]) == ([], [0, 1])
+    # Every verdict is the per-image record's, field for field.
+    singles = {s.id: s for s in (ScoreMessage.model_validate_json(v) for _, v in per_image.scores)}
+    for record in records:
+        assert record.model == singles["alone"].model
+        for verdict in record.images:
+            single = singles[verdict.id]
+            assert (verdict.anomaly, verdict.similarity, verdict.scores, verdict.ts) == (
+                single.anomaly,
+                single.similarity,
+                single.scores,
+                single.ts,
+            )
+            assert single.source.index == verdict.index
+
+
+def test_grouped_scores_need_compact_records() -> None:
+    with pytest.raises(ValidationError, match="PIXELWATCH_SCORES_FORMAT=compact"):
+        Settings(scores_grouping="message", scores_format="full")

@@ -15,7 +15,15 @@ from confluent_kafka.admin import AdminClient
 
 from conftest import StartWorker
 from service.samples import SEED_TEST, SEED_TRAIN
-from service.schemas import HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC, ScoreMessage
+from service.schemas import (
+    HEADER_FORMAT,
+    HEADER_ID,
+    HEADER_PARTITION,
+    HEADER_REASON,
+    HEADER_TOPIC,
+    MessageScores,
+    ScoreMessage,
+)
 from service.scoring.images import read_images
 from service.scoring.model import load_model
 from worker_harness import (
@@ -69,6 +77,34 @@ async def test_normal_and_anomalous_images_get_the_models_verdicts(
     assert flagged == sorted(i for i, a in zip(ids, expected, strict=True) if a)
     assert {m.source.partition for m in scored.values()} == {0, 1, 2, 3}  # several partitions
     assert worker.stop() == 0
+
+
+async def test_grouped_scores_answer_a_message_of_50_images_with_one_record(
+    kafka_bootstrap: str, topics: WorkerTopics, start_worker: StartWorker
+) -> None:
+    worker = start_worker(PIXELWATCH_PARTITIONS="1", PIXELWATCH_SCORES_GROUPING="message")
+    worker.wait_serving()
+    pixels = read_images(SEED_TEST).pixels
+    fifty = np.resize(pixels, (50, pixels.shape[1]))  # the four test images, cycled
+    value = np.packbits(fifty.astype(np.uint8), axis=1).tobytes()
+    headers = [(HEADER_FORMAT, b"bits"), (HEADER_ID, b"tray-7")]
+    await produce(kafka_bootstrap, topics.images, [(b"tray-7", value, headers)])
+    records = await consume_until(
+        kafka_bootstrap,
+        [topics.scores, topics.anomalies],
+        lambda r: len(r[topics.scores]) >= 1 and len(r[topics.anomalies]) >= 12,
+        timeout=60,
+        alive=worker.alive,
+    )
+    [record] = [MessageScores.model_validate_json(r.value) for r in records[topics.scores]]
+    assert records[topics.scores][0].key == b"tray-7"
+    assert [v.id for v in record.images] == [f"tray-7:{k}" for k in range(50)]
+    flagged = [v.index for v in record.images if v.anomaly]
+    assert flagged == list(range(2, 50, 4))  # the corners image, every fourth
+    # The anomalies topic keeps one full record per flagged image.
+    assert sorted(r.key for r in records[topics.anomalies]) == sorted(
+        f"tray-7:{k}".encode() for k in flagged
+    )
 
 
 async def test_each_bad_input_lands_in_the_dead_letter_topic_with_its_reason(

@@ -177,6 +177,7 @@ def scorer_for(settings: Settings, model: Model) -> BatchScorer:
         max_message_bytes=settings.max_message_bytes,
         scores_format=settings.scores_format if settings.scores_enabled else None,
         anomalies_format=settings.anomalies_format,
+        scores_grouping=settings.scores_grouping,
     )
 
 

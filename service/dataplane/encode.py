@@ -34,6 +34,10 @@ class RecordEncoder:
         self._compact = (
             head + b'"scores":{' + scores + b'},"model":' + model_ref + b',"source":%s,"ts":%d}'
         )
+        self._verdict = (
+            b'{"id":%s,"index":%d,"anomaly":%s,"similarity":%s,"scores":{' + scores + b'},"ts":%d}'
+        )
+        self._message = b'{"source":%s,"model":' + model_ref + b',"images":[%s],"dead":[%s]}'
         self._full = (
             head
             + b'"metric":'
@@ -46,6 +50,17 @@ class RecordEncoder:
             + model_ref
             + b',"pixels":%s,"reconstruction":%s,"source":%s,"ts":%d,"detected_at":%s}'
         )
+
+    def verdict(
+        self, ident: bytes, index: int, anomaly: bool, numbers: list[bytes], ts: int
+    ) -> bytes:
+        """One image in a message's scores record (schemas.ImageVerdict)."""
+        return self._verdict % (ident, index, _BOOL[anomaly], *numbers, ts)
+
+    def message(self, source: bytes, verdicts: list[bytes], dead: list[tuple[int, str]]) -> bytes:
+        """A multi-image message's scores record (schemas.MessageScores)."""
+        dead_json = b",".join(b'{"index":%d,"reason":"%s"}' % (i, r.encode()) for i, r in dead)
+        return self._message % (source, b",".join(verdicts), dead_json)
 
     def numbers(self, columns: NDArray[np.float32]) -> list[list[bytes]]:
         """Rows of [similarity, score per metric] as JSON number texts, one orjson call."""

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 import orjson
@@ -141,12 +141,15 @@ class BatchScorer:
         max_message_bytes: int | None = None,
         scores_format: OutputFormat | None = "compact",
         anomalies_format: OutputFormat = "full",
+        scores_grouping: Literal["image", "message"] = "image",
     ) -> None:
         self.model = model
         self.metric: MetricName = metric or model.metadata.metric
         self.threshold = model.metadata.threshold if threshold is None else threshold
         self.scores_format = scores_format  # None: the scores topic is off
         self.anomalies_format = anomalies_format
+        # "message": a message with several images gets one scores record for all of them.
+        self.group_scores = scores_grouping == "message" and scores_format == "compact"
         if max_message_bytes is None:
             max_message_bytes = default_max_message_bytes(model.shape)
         self.decoder = Decoder(model.shape, max_message_bytes)
@@ -204,9 +207,46 @@ class BatchScorer:
         result.dead = [self._dead(messages, r) for r in decoded.rejects]
         if len(decoded):
             decoded = self._drop_out_of_range(decoded, messages, result)
+        grouped: dict[int, list[bytes]] = {}
+        singles: dict[int, tuple[bytes, bytes]] = {}
         if len(decoded):
-            self._score(decoded, messages, result)
+            grouped, singles = self._score(decoded, messages, result)
+        if self.group_scores:
+            self._message_records(messages, grouped, singles, result)
         return result
+
+    def _message_records(
+        self,
+        messages: Sequence[Message],
+        grouped: dict[int, list[bytes]],
+        singles: dict[int, tuple[bytes, bytes]],
+        result: BatchResult,
+    ) -> None:
+        """The scores records in input order: a single image's own, and one per multi-image
+        message with its scored images' verdicts in order and the indices of those
+        dead-lettered instead, each with its reason."""
+        position = {id(m): p for p, m in enumerate(messages)}
+        dead: dict[int, list[tuple[int, str]]] = {}
+        for letter in result.dead:
+            if letter.index != WHOLE:
+                dead.setdefault(position[id(letter.message)], []).append(
+                    (letter.index, letter.reason.value)
+                )
+        for p in sorted(grouped.keys() | dead.keys() | singles.keys()):
+            if p in singles:
+                result.scores.append(singles[p])
+                continue
+            message = messages[p]
+            topic = str(message.topic())
+            partition, offset = int(message.partition() or 0), int(message.offset() or 0)
+            source = b'{"topic":%s,"partition":%d,"offset":%d}' % (
+                orjson.dumps(topic),
+                partition,
+                offset,
+            )
+            key = message.key() or f"{topic}:{partition}:{offset}".encode()
+            record = self._encoder.message(source, grouped.get(p, []), sorted(dead.get(p, [])))
+            result.scores.append((key, record))
 
     def _dead(self, messages: Sequence[Message], reject: Reject) -> DeadLetter:
         return DeadLetter(
@@ -238,7 +278,12 @@ class BatchScorer:
             rejects=decoded.rejects,
         )
 
-    def _score(self, decoded: Decoded, messages: Sequence[Message], result: BatchResult) -> None:
+    def _score(
+        self, decoded: Decoded, messages: Sequence[Message], result: BatchResult
+    ) -> tuple[dict[int, list[bytes]], dict[int, tuple[bytes, bytes]]]:
+        """Scores the decoded images into `result`. When scores are grouped by message, it
+        returns the scores records instead, by message position in the batch: each
+        multi-image message's verdicts, and each single image's record."""
         scored = self.model.score(decoded.pixels, metric=self.metric, threshold=self.threshold)
         similarity = scored.similarity
         anomaly = scored.anomaly.tolist()
@@ -252,6 +297,9 @@ class BatchScorer:
         keys: list[bytes] = []
         # Per message, not per image: a batched message shares its coordinates.
         where: dict[int, tuple[str, bytes, int]] = {}
+        group = self.group_scores
+        grouped: dict[int, list[bytes]] = {}  # message position -> its images' verdicts
+        singles: dict[int, tuple[bytes, bytes]] = {}  # message position -> its record
         for row, position in enumerate(decoded.message):
             known = where.get(position)
             if known is None:
@@ -291,7 +339,12 @@ class BatchScorer:
                 )  # fmt: skip
             if scores_format == "compact" or (flagged and anomalies_format == "compact"):
                 compact = encoder.compact(ident_json, flagged, numbers[row], source, ts)
-            if scores_format is not None:
+            if group and index != WHOLE:
+                verdict = encoder.verdict(ident_json, index, flagged, numbers[row], ts)
+                grouped.setdefault(position, []).append(verdict)
+            elif group:
+                singles[position] = (key, compact)
+            elif scores_format is not None:
                 result.scores.append((key, full if scores_format == "full" else compact))
             if flagged:
                 result.anomalies.append((key, full if anomalies_format == "full" else compact))
@@ -300,3 +353,4 @@ class BatchScorer:
         result.pixels = decoded.pixels
         result.anomaly = scored.anomaly
         result.keys = keys
+        return grouped, singles
