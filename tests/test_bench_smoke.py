@@ -32,6 +32,7 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         "librdkafka", "aiokafka", "faust_agent", "faust_agent_quiet_monitor",
         "faust_agent_no_cython",
         "worker", "worker_tuned", "worker_x2", "worker_binary", "worker_binary_anomalies_only",
+        "worker_binary_grouped",
     }  # fmt: skip
     assert set(report["throughput"]) == expected
     for name, row in report["throughput"].items():
@@ -39,6 +40,7 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
     for faust in ("faust_agent", "faust_agent_quiet_monitor", "faust_agent_no_cython"):
         assert report["throughput"][faust]["messages"] == 100, faust
     assert report["throughput"]["worker_binary"]["messages"] == 400  # images, 10 per message
+    assert report["throughput"]["worker_binary_grouped"]["messages"] == 400  # from 40 records
     for cost in ("json_us", "json_batch_us", "u8_us", "bits_us", "baseline_us"):
         assert 0 < report["own_cost"][cost] < 1000, cost
     assert report["shadow_cost"]["ratio"] > 1  # a second model costs something
@@ -59,6 +61,7 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         "worker/faust_agent >= 10",
         "binary images/librdkafka messages >= 2 (scores on)",
         "binary images/librdkafka messages >= 2 (anomalies only)",
+        "binary images/librdkafka messages >= 5 (scores grouped)",
         "p99 <= window + 25 ms (75 ms)",
         "peak RSS <= 300 MB",
         "own cost <= 6 us per JSON message",

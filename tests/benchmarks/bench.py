@@ -469,6 +469,12 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
         {"PIXELWATCH_SCORES_ENABLED": "false"},
         expected=flagged, sink="anomalies", images=cfg.messages,
     )  # fmt: skip
+    # One scores record per message of `per` images (PIXELWATCH_SCORES_GROUPING=message).
+    messages = -(-cfg.messages // per)
+    results["worker_binary_grouped"] = await run_worker(
+        "worker_binary_grouped", bootstrap, binary_source, cfg,
+        {"PIXELWATCH_SCORES_GROUPING": "message"}, expected=messages, images=cfg.messages,
+    )  # fmt: skip
     console.print("latency at 50% of the worker's throughput…")
     lat = await latency(bootstrap, cfg, 0.5 * results["worker"].per_second)
     console.print("own cost per message, in-process…")
@@ -483,6 +489,7 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     limit = results["librdkafka"].per_second
     binary = results["worker_binary"].per_second
     binary_quiet = results["worker_binary_anomalies_only"].per_second
+    grouped = results["worker_binary_grouped"].per_second
     window_ms = Settings().batch_window * 1000
     return {
         "machine": {
@@ -516,6 +523,7 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
             "worker_x2/worker": results["worker_x2"].per_second / worker,
             "binary images/librdkafka messages": binary / limit,
             "binary images (anomalies only)/librdkafka messages": binary_quiet / limit,
+            "binary images (scores grouped by message)/librdkafka messages": grouped / limit,
             "own cost/plain JSON round trip": own["json_us"] / own["baseline_us"],
             "with a shadow/without": shadow["ratio"],
         },
@@ -524,6 +532,7 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
             "worker/faust_agent >= 10": worker / results["faust_agent"].per_second >= 10,
             "binary images/librdkafka messages >= 2 (scores on)": binary / limit >= 2,
             "binary images/librdkafka messages >= 2 (anomalies only)": binary_quiet / limit >= 2,
+            "binary images/librdkafka messages >= 5 (scores grouped)": grouped / limit >= 5,
             f"p99 <= window + 25 ms ({window_ms + 25:.0f} ms)": lat["p99_ms"] <= window_ms + 25,
             "peak RSS <= 300 MB": (results["worker"].peak_rss_mb or 0) <= 300,
             "own cost <= 6 us per JSON message": own["json_us"] <= 6.0,
