@@ -37,6 +37,8 @@ def test_the_site_builds_strict_with_the_references_and_the_examples(tmp_path: P
     # Highlighted: each name is a token of its own.
     assert ">NewClient<" in examples and ">KafkaProducer<" in examples
     assert not (site / "generate.py").exists()  # the generator is not published
+    home = (site / "index.html").read_text()  # the site's root is a page, not a 404
+    assert 'href="reference/settings/"' in home and 'src="anomaly-page.png"' in home
 
 
 def test_a_broken_anchor_fails_the_strict_build(tmp_path: Path) -> None:
