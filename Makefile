@@ -52,8 +52,8 @@ typecheck: venv ## mypy (strict)
 test: venv prereqs prometheus browser podman examples lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
-eval-digits: venv ## AUROC of every architecture vs PCA / IsolationForest / kNN on scikit-learn digits, one-class and leave-one-out (see README)
-	$(BIN)/python -m model_export.digits --out artifacts/eval-digits
+eval-digits: venv ## AUROC of every architecture and the defaults vs PCA / IsolationForest / kNN on scikit-learn digits (see README; DIGITS_ARGS=... passes options)
+	$(BIN)/python -m model_export.digits --out $(or $(DIGITS_OUT),artifacts/eval-digits) $(DIGITS_ARGS)
 
 bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/)
 	PYTHONPATH=tests $(BIN)/python -m benchmarks.bench

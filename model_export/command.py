@@ -8,6 +8,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from model_export.architectures import ACTIVATIONS, ARCHITECTURES, parse_params
+from model_export.defaults import (
+    AUTO,
+    CODE_PER_ROOT_PIXEL,
+    COURSE_ARCH,
+    COURSE_METRIC,
+    MANY_ARCH,
+    MANY_IMAGES,
+    MANY_METRIC,
+    MAX_CODE,
+    MIN_CODE,
+)
 from model_export.pipeline import MODES, OptionError, TrainOptions, TrainResult, train_and_export
 from model_export.scaling import (
     COURSE_EPOCHS,
@@ -46,9 +57,18 @@ STOPPING_RULE = (
     f"--lr auto is {COURSE_LR:g} at batch size 1 and grows with the square root of the batch "
     f"size, up to {MAX_AUTO_LR:g}. --patience 0 turns early stopping off."
 )
+DEFAULTS_RULE = (
+    f"Fewer than {MANY_IMAGES} images: the course's model, --arch {COURSE_ARCH} with its own "
+    f"sizes and --metric {COURSE_METRIC}. {MANY_IMAGES} images or more: --arch {MANY_ARCH} with "
+    f"a code of {CODE_PER_ROOT_PIXEL} x sqrt(pixels), rounded, within {MIN_CODE}..{MAX_CODE} "
+    f"(32 at 8x8), and --metric {MANY_METRIC}. A flag given always wins; the code size is "
+    "chosen only with the architecture."
+)
 STOPPING_HELP = (
     "how long training runs (--epochs, --patience, --batch-size and --lr auto):\n"
     + textwrap.fill(STOPPING_RULE, width=88, initial_indent="  ", subsequent_indent="  ")
+    + "\n\nthe model (--arch and --metric auto):\n"
+    + textwrap.fill(DEFAULTS_RULE, width=88, initial_indent="  ", subsequent_indent="  ")
     + "\n"
 )
 
@@ -70,9 +90,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument(
         "--arch",
-        choices=sorted(ARCHITECTURES),
-        default=DEFAULTS.arch,
-        help="autoencoder architecture (default: %(default)s)",
+        choices=[*sorted(ARCHITECTURES), AUTO],
+        default=AUTO,
+        help="autoencoder architecture; auto: chosen from the data, see below "
+        "(default: %(default)s)",
     )
     model.add_argument(
         "--mode",
@@ -104,7 +125,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--hidden", type=int, metavar="N", help="hidden layer size (same as --arch-param hidden=N)"
     )
     model.add_argument(
-        "--code", type=int, metavar="N", help="bottleneck size (same as --arch-param code=N)"
+        "--code",
+        type=int,
+        metavar="N",
+        help="bottleneck size (same as --arch-param code=N; with --arch auto chosen from the "
+        "image size, see below)",
     )
     model.add_argument(
         "--activation", choices=ACTIVATIONS, help="output activation (dense default: tanh)"
@@ -153,9 +178,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument(
         "--metric",
-        choices=METRICS,
-        default=DEFAULTS.metric,
-        help="similarity the threshold applies to (default: %(default)s)",
+        choices=[*METRICS, AUTO],
+        default=AUTO,
+        help="similarity the threshold applies to; auto: chosen from the data, see below "
+        "(default: %(default)s)",
     )
     threshold = scoring.add_mutually_exclusive_group()
     threshold.add_argument(
@@ -217,7 +243,9 @@ def architectures_help() -> str:
 
 def arch_params_from(args: argparse.Namespace) -> dict[str, Any]:
     """--arch-param KEY=VALUE pairs, plus the --hidden/--code/--activation shortcuts."""
-    params = parse_params(args.arch, args.arch_param)
+    # With --arch auto the pairs are read as the larger sets' architecture's; they are
+    # checked again against the architecture the data chooses.
+    params = parse_params(MANY_ARCH if args.arch == AUTO else args.arch, args.arch_param)
     for name in SHORTCUTS:
         value = getattr(args, name)
         if value is None:
@@ -287,6 +315,7 @@ def summary(result: TrainResult, options: TrainOptions) -> str:
         f"report     {result.report_path or '-'}",
         f"threshold  {meta.threshold:.4g} on {meta.metric}: anomaly if similarity < threshold",
         f"chosen     {result.calibration.describe()}",
+        *([f"defaults   {result.defaults.describe()}"] if result.defaults.chosen else []),
         f"epochs     {epochs}",
         f"loss       {loss}",
         f"time       {result.seconds:.1f} s ({stages})",

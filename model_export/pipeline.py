@@ -7,6 +7,7 @@ histogram: model_export/reference.py), and only then does the file appear at its
 (an atomic rename).
 """
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -23,7 +24,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 import service
-from model_export.architectures import ARCHITECTURES, Autoencoder, resolve_params
+from model_export.architectures import (
+    ARCHITECTURES,
+    ArchitectureError,
+    Autoencoder,
+    resolve_params,
+)
 from model_export.calibrate import (
     Calibration,
     calibrate,
@@ -32,6 +38,7 @@ from model_export.calibrate import (
     fixed,
     split_holdout,
 )
+from model_export.defaults import AUTO, COURSE_ARCH, MANY_ARCH, MANY_IMAGES, Choice, choose
 from model_export.export import ScoringGraph, export_scoring_graph, scoring_graph, write_metadata
 from model_export.memory import DEFAULT_CODES, DEFAULT_K, MemorySettings
 from model_export.reference import with_reference
@@ -71,12 +78,12 @@ class TrainOptions:
     epochs: int | Literal["auto"] = "auto"
     seed: int = 0
     mode: Mode = "binary"
-    metric: MetricName = "hamming"
+    metric: MetricName | Literal["auto"] = "hamming"  # auto: model_export/defaults.py
     threshold: float | None = None
     fpr: float | None = None
     width: int = 8
     height: int = 8
-    arch: str = "dense"
+    arch: str = "dense"  # or auto, chosen from the data (model_export/defaults.py)
     arch_params: Mapping[str, Any] = field(default_factory=dict)
     lr: float | Literal["auto"] = "auto"
     batch_size: int | Literal["auto"] = "auto"
@@ -107,8 +114,9 @@ class TrainOptions:
             raise OptionError(f"--seed must be between 0 and 2**63 - 1 (got {self.seed})")
         if self.mode not in MODES:
             raise OptionError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r})")
-        if self.metric not in METRICS:
-            raise OptionError(f"--metric must be one of {', '.join(METRICS)} (got {self.metric!r})")
+        if self.metric not in (*METRICS, AUTO):
+            known = ", ".join((*METRICS, AUTO))
+            raise OptionError(f"--metric must be one of {known} (got {self.metric!r})")
         if self.lr != "auto":
             number = isinstance(self.lr, int | float) and not isinstance(self.lr, bool)
             if not (number and np.isfinite(self.lr) and self.lr > 0):
@@ -120,10 +128,11 @@ class TrainOptions:
             raise OptionError(f"--threshold must be between 0 and 1 (got {self.threshold:g})")
         if self.fpr is not None:
             check_fpr_range(self.fpr)
-        if self.arch not in ARCHITECTURES:
-            known = ", ".join(sorted(ARCHITECTURES))
+        if self.arch not in ARCHITECTURES and self.arch != AUTO:
+            known = ", ".join([*sorted(ARCHITECTURES), AUTO])
             raise OptionError(f"--arch must be one of {known} (got {self.arch!r})")
-        resolve_params(self.arch, self.arch_params)
+        if self.arch != AUTO:  # auto's parameters are checked once the data chose it
+            resolve_params(self.arch, self.arch_params)
 
     @property
     def shape(self) -> ImageShape:
@@ -146,6 +155,7 @@ class TrainResult:
     train_indices: NDArray[np.intp]  # rows of the data file trained on
     holdout_indices: NDArray[np.intp]  # rows held out for --fpr (empty otherwise)
     validation_indices: NDArray[np.intp]  # rows held out for early stopping (empty: none)
+    defaults: Choice  # the architecture, parameters and metric trained with; what auto chose
     skipped: tuple[str, ...]  # unreadable image files skipped with --skip-bad, one line each
     # Seconds per stage: read, train, export, calibrate, reference, report.
     timings: Mapping[str, float]
@@ -174,6 +184,8 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
     with _timed(timings, "read"):
         normal = _read(data, options)
     log.debug("%s: %d images, training on %d", data, len(normal.images), len(normal.train_rows))
+    choice = _choose(options, len(normal.images))
+    options = dataclasses.replace(options, arch=choice.arch, arch_params=choice.arch_params)
 
     batch_size = _batch_size(options, len(normal.train_rows))
     lr = auto_lr(batch_size) if options.lr == "auto" else float(options.lr)
@@ -210,7 +222,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         width=options.width,
         height=options.height,
         mode=options.mode,
-        metric=options.metric,
+        metric=choice.metric,
         threshold=calibration.threshold,
         training_sha256=normal.sha256,
         pixelwatch_version=service.__version__,
@@ -219,6 +231,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         arch=options.arch,
         arch_params=_arch_params(options, settings, trained),
         memory=graph.memory_info,
+        defaults=choice.metadata(),
     )
     report = None
     try:
@@ -227,7 +240,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
                 export_scoring_graph(graph, options.shape.size, metadata, staging)
             if options.fpr is not None:
                 with _timed(timings, "calibrate"):
-                    calibration = calibrate(staging, holdout, options.fpr, options.metric)
+                    calibration = calibrate(staging, holdout, options.fpr, choice.metric)
                     metadata = ModelMetadata.model_validate(
                         {**metadata.model_dump(), "threshold": calibration.threshold}
                     )
@@ -253,6 +266,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
         train_indices=normal.train_rows,
         holdout_indices=normal.holdout_rows,
         validation_indices=normal.validation_rows,
+        defaults=choice,
         skipped=normal.images.skipped,
         timings=timings,
     )
@@ -323,6 +337,14 @@ def _read(data: Path, options: TrainOptions) -> _Normal:
             # loss barely moves a low similarity quantile.
             validation = holdout
     return _Normal(images, digest, train_rows, holdout, validation)
+
+
+def _choose(options: TrainOptions, images: int) -> Choice:
+    try:
+        return choose(images, options.shape, options.arch, options.arch_params, options.metric)
+    except ArchitectureError as exc:
+        arch = MANY_ARCH if images >= MANY_IMAGES else COURSE_ARCH
+        raise OptionError(f"--arch auto chose {arch}: {exc}") from None
 
 
 def _digest(images: ImageSet) -> str:

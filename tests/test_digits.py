@@ -11,6 +11,8 @@ from model_export.digits.command import main
 from model_export.digits.protocol import (
     BASELINE_METRIC,
     BENCH_METRICS,
+    DEFAULTS_METHOD,
+    DefaultsTask,
     Protocol,
     ProtocolError,
     ProtocolName,
@@ -18,6 +20,7 @@ from model_export.digits.protocol import (
     digits,
     images,
     make_split,
+    run_defaults,
     splits,
 )
 from model_export.digits.table import summarise, targets
@@ -156,7 +159,7 @@ def test_leave_one_out_verdicts_use_pca_16_and_knn_5_on_reconstruction_scores() 
 def test_a_tiny_run_writes_both_tables_and_the_json(tmp_path: Path) -> None:
     argv = ["--archs", "dense,conv", "--classes", "1,7", "--repetitions", "2"]
     argv += ["--epochs", "2", "--loo-epochs", "1", "--jobs", "1", "--out", str(tmp_path)]
-    assert main(argv) == 0
+    assert main([*argv, "--no-defaults"]) == 0
 
     table = (tmp_path / "table.md").read_text()
     one_class, leave_one_out = table.split("## leave-one-out")
@@ -186,6 +189,35 @@ def test_a_tiny_run_writes_both_tables_and_the_json(tmp_path: Path) -> None:
 def test_one_protocol_alone_writes_one_table(tmp_path: Path) -> None:
     argv = ["--protocol", "leave-one-out", "--archs", "dense", "--modes", "gray"]
     argv += ["--classes", "4", "--repetitions", "1", "--loo-epochs", "1", "--jobs", "1"]
-    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert main([*argv, "--out", str(tmp_path), "--no-defaults"]) == 0
     table = (tmp_path / "table.md").read_text()
     assert table.startswith("## leave-one-out") and "## one-class" not in table
+
+
+def test_the_defaults_row_is_judged_against_knn_5_beside_the_best_configuration() -> None:
+    protocol = Protocol(protocols=("leave-one-out",), archs=("dense",), modes=("gray",))
+    runs = fake_runs("leave-one-out", {**BASELINE_AUROC, "dense": 0.915})
+    runs += [
+        Run("leave-one-out", DEFAULTS_METHOD, "memory", "gray", 0, rep, 0.93 + shift, 0.5, 30.0)
+        for rep, shift in enumerate((-0.01, 0.01))
+    ]
+    rows = summarise(runs, protocol)
+    defaults = [r for r in rows if r.method == DEFAULTS_METHOD]
+    assert [(r.metric, round(r.cells["gray"].auroc, 4), r.seconds) for r in defaults] == [
+        ("memory", 0.93, 30.0)
+    ]
+    verdict = targets(rows, protocol)["leave-one-out"]
+    assert not verdict.met
+    assert verdict.lines[-1] == (
+        "defaults in gray mode: defaults/memory 0.9300 ± 0.0141, falls short of kNN-5 "
+        "(0.9400 ± 0.0141)"
+    )
+    assert verdict.lines[-2].startswith("best in gray mode: defaults/memory 0.9300")
+
+
+def test_the_defaults_row_runs_the_real_command_with_only_the_data_and_the_mode() -> None:
+    split = make_split(Protocol(), 5, 0, "one-class")  # 127 training images: the larger rule
+    (result,) = run_defaults(DefaultsTask("binary", split))
+    assert (result.method, result.metric, result.mode) == (DEFAULTS_METHOD, "memory", "binary")
+    assert result.auroc > 0.5 and result.seconds > 0  # the command's whole run, timed
+    assert result.cpu_seconds is not None and result.cpu_seconds > 0

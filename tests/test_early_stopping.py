@@ -213,6 +213,7 @@ def test_the_summary_says_where_training_stopped(
 ) -> None:
     out = tmp_path / "m.onnx"
     args = parse("--lr", "0.05", "--patience", "2", "--mode", "gray", "--no-progress")
+    args.arch, args.metric = "dense", "hamming"  # the auto defaults print a line of their own
     args.data, args.out = str(digits_file), out
     assert run(args) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -74,7 +74,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def train_args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(data["train"]), "--out", str(out), "--mode", "gray",
-            "--epochs", "4", *extra]  # fmt: skip
+            "--arch", "dense", "--epochs", "4", *extra]  # fmt: skip
 
 
 def test_training_on_a_terminal_shows_epoch_losses_and_time_left(

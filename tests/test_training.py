@@ -128,13 +128,13 @@ def test_threshold_and_fpr_together_are_rejected(capsys: pytest.CaptureFixture[s
         ({"mode": "color"}, "--mode must be one of binary, gray (got 'color')"),
         (
             {"metric": "euclid"},
-            "--metric must be one of hamming, ruzicka, dice, cosine, memory, combined "
+            "--metric must be one of hamming, ruzicka, dice, cosine, memory, combined, auto "
             "(got 'euclid')",
         ),
         (
             {"arch": "lstm"},
-            "--arch must be one of contractive, conv, deep, denoising, dense, seq2seq, sparse, vae "
-            "(got 'lstm')",
+            "--arch must be one of contractive, conv, deep, denoising, dense, seq2seq, sparse, "
+            "vae, auto (got 'lstm')",
         ),
     ],
 )
@@ -189,8 +189,12 @@ def test_train_command_writes_a_loadable_model_and_a_summary(
     assert printed[2] == f"report     {out.with_suffix('.report.png')}"
     assert printed[3] == "threshold  0.7 on dice: anomaly if similarity < threshold"
     assert printed[4] == "chosen     given with --threshold"
-    assert printed[5] == "epochs     50, no early stopping"
-    assert printed[6].startswith("loss       ") and printed[7].startswith("time       ")
+    # --arch left to auto; --metric given, so only the architecture was chosen.
+    assert printed[5] == (
+        "defaults   arch dense, code 4: the course's model, for 2 images (fewer than 100)"
+    )
+    assert printed[6] == "epochs     50, no early stopping"
+    assert printed[7].startswith("loss       ") and printed[8].startswith("time       ")
     metadata = load_model(out).metadata
     assert (metadata.metric, metadata.threshold, metadata.arch_params["hidden"]) == ("dice", 0.7, 8)
     assert out.with_suffix(".report.png").read_bytes().startswith(PNG_SIGNATURE)

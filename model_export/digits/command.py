@@ -105,7 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="one-class, leave-one-out, or both (default: %(default)s)",
     )
-    parser.add_argument("--archs", type=_names, default=default.archs, metavar="A,B,...")
+    parser.add_argument(
+        "--archs",
+        type=_names,
+        default=default.archs,
+        metavar="A,B,...",
+        help="architectures trained with the benchmark's settings ('': none, only the "
+        "defaults row and the baselines)",
+    )
     parser.add_argument(
         "--modes",
         type=_names,
@@ -148,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="training processes (results do not depend on it; default: %(default)s)",
     )
+    parser.add_argument(
+        "--no-defaults",
+        action="store_true",
+        help="leave out the defaults row (pixelwatch train with only --data and --mode)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -171,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             seed=args.seed,
+            defaults=not args.no_defaults,
         )
         if args.jobs < 1:
             raise ProtocolError("--jobs must be >= 1")

@@ -10,12 +10,17 @@
 import dataclasses
 import functools
 import math
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 import numpy as np
@@ -38,7 +43,7 @@ from model_export.train import FitSettings, one_thread, train
 from service.errors import PixelwatchError
 from service.progress import progress_bar
 from service.scoring.images import ImageShape, Pixels
-from service.scoring.model import Mode
+from service.scoring.model import Mode, load_model
 from service.scoring.similarity import METRICS, RANKED_METRICS, MetricName
 
 SHAPE: Final = ImageShape(8, 8)
@@ -49,6 +54,7 @@ ALL_MODES: Final[tuple[BenchMode, ...]] = get_args(BenchMode)
 MODES: Final[tuple[BenchMode, ...]] = ("gray", "binary")
 BINARY_CUT: Final = 0.5
 BASELINE_METRIC: Final = "-"  # baselines have their own score, not a similarity
+DEFAULTS_METHOD: Final = "defaults"  # `pixelwatch train --data D --mode M`, nothing else
 ProtocolName = Literal["one-class", "leave-one-out"]
 PROTOCOLS: Final[tuple[ProtocolName, ...]] = get_args(ProtocolName)
 # Dice ranks images exactly as Ruzicka does (D = 2R / (1 + R)): the same AUROC, so no row.
@@ -75,12 +81,13 @@ class Protocol:
     batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
+    defaults: bool = True  # a "defaults" row: `pixelwatch train --data ... --mode ...` alone
 
     def __post_init__(self) -> None:
         if not self.protocols or set(self.protocols) - set(PROTOCOLS):
             raise ProtocolError(f"--protocol must be one of {', '.join(PROTOCOLS)} or both")
         unknown = sorted(set(self.archs) - set(ARCHITECTURES))
-        if unknown or not self.archs:
+        if unknown or not (self.archs or self.defaults):
             known = ", ".join(ARCHITECTURES)
             raise ProtocolError(f"--archs: unknown {', '.join(unknown) or '(none)'} ({known})")
         if not self.modes or set(self.modes) - set(ALL_MODES):
@@ -179,7 +186,12 @@ class Run:
     repetition: int
     auroc: float
     average_precision: float
-    seconds: float  # fitting time (shared by an architecture's metrics)
+    seconds: float  # fitting time (shared by an architecture's metrics); defaults: the command's
+    cpu_seconds: float | None = None  # defaults: the command's CPU time (the machine is shared)
+
+    @property
+    def defaults(self) -> bool:
+        return self.method == DEFAULTS_METHOD
 
 
 def _measure(
@@ -251,9 +263,48 @@ def run_autoencoder(task: Task) -> list[Run]:
     ]
 
 
-def run_task(task: Task | BaselineTask) -> list[Run]:
+@dataclass(frozen=True)
+class DefaultsTask:
+    """`pixelwatch train` with no flags but the data and --mode, on one split in one mode."""
+
+    mode: BenchMode
+    split: Split
+
+
+def run_defaults(task: DefaultsTask) -> list[Run]:
+    """Run the real command in its own process, timed from start to exit, and score the test
+    images with the model it wrote (onnxruntime, as the worker scores). One row: the
+    model's own metric, the one the worker flags by."""
+    data = images(task.mode)
+    with tempfile.TemporaryDirectory(prefix="pixelwatch-defaults-") as scratch:
+        folder = Path(scratch)
+        train_file, model = folder / "train.npy", folder / "model.onnx"
+        np.save(train_file, data[task.split.train].reshape(-1, SHAPE.height, SHAPE.width))
+        command = [sys.executable, "-m", "service.cli", "train", "--data", str(train_file)]
+        command += ["--out", str(model), "--mode", model_mode(task.mode), "--no-progress"]
+        before, start = _children_cpu(), time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        elapsed, cpu = time.perf_counter() - start, _children_cpu() - before
+        if done.returncode:
+            raise ProtocolError(f"pixelwatch train failed: {done.stderr.strip()[-500:]}")
+        scored = load_model(model).score(data[task.split.test])
+    metric = scored.metric
+    score = -scored.similarity.astype(np.float64)
+    run = _measure(DEFAULTS_METHOD, metric, task.mode, task.split, score, elapsed)
+    return [dataclasses.replace(run, cpu_seconds=cpu)]
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_task(task: Task | BaselineTask | DefaultsTask) -> list[Run]:
     if isinstance(task, BaselineTask):
         return run_baselines(task.mode, task.split)
+    if isinstance(task, DefaultsTask):
+        return run_defaults(task)
     return run_autoencoder(task)
 
 
@@ -277,7 +328,10 @@ def run_protocol(protocol: Protocol, *, jobs: int = 1, progress: bool = False) -
     # The longest first and the baselines (a second or less each) last, so that the
     # processes finish together; the tables do not depend on the order.
     tasks.sort(key=lambda t: t.settings.epochs * len(t.split.train), reverse=True)
-    everything: list[Task | BaselineTask] = [*tasks]
+    everything: list[Task | BaselineTask | DefaultsTask] = []
+    if protocol.defaults:  # the longest runs: whole commands with early stopping
+        everything += [DefaultsTask(mode, s) for mode in protocol.modes for s in chosen]
+    everything += tasks
     everything += [BaselineTask(mode, s) for mode in protocol.modes for s in chosen]
     with _progress(len(everything), progress) as advance:
         if jobs == 1:

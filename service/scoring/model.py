@@ -63,6 +63,23 @@ class MemoryInfo(BaseModel):
     offset: Finite  # combined = squash(mean standardised score - offset)
 
 
+class DefaultsChoice(BaseModel):
+    """What `train` chose by itself (the `auto` defaults), and by which rule."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rule: Literal["course", "many-images"] = Field(
+        description="course: fewer images than the rule's minimum; many-images: that many or more"
+    )
+    images: int = Field(ge=0, description="images read, which the rule counts")
+    chosen: list[Literal["arch", "code", "metric"]] = Field(
+        description="the settings left to auto (a flag given always wins)"
+    )
+    arch: str
+    code: int = Field(gt=0)
+    metric: MetricName
+
+
 class ModelMetadata(BaseModel):
     """What a scoring graph must say about itself before the runtime will use it."""
 
@@ -84,11 +101,13 @@ class ModelMetadata(BaseModel):
     # Added at export time for checks in service; older models have neither (see reference.py).
     golden: GoldenImages | None = None
     reference: ReferenceHistogram | None = None
+    # What the `auto` defaults chose; absent when every choice was given as a flag.
+    defaults: DefaultsChoice | None = None
 
-    @field_validator("golden", "reference", mode="before")
+    @field_validator("golden", "reference", "defaults", mode="before")
     @classmethod
     def _from_json(cls, value: Any) -> Any:
-        # metadata_props hold strings: these two arrive as JSON text.
+        # metadata_props hold strings: these arrive as JSON text.
         return json.loads(value) if isinstance(value, str) else value
 
     @field_validator("format_version")
