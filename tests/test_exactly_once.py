@@ -15,7 +15,7 @@ from service.config import Settings
 from service.errors import PixelwatchError
 from service.schemas import HEADER_REASON
 from test_delivery import create_topic, ids, images, logged
-from worker_harness import WorkerTopics, consume_until, produce
+from worker_harness import WorkerTopics, consume_until, metric_samples, produce
 
 EXACTLY_ONCE = {"PIXELWATCH_PROCESSING_GUARANTEE": "exactly_once"}
 
@@ -100,6 +100,9 @@ async def test_outputs_are_visible_to_read_committed_readers_only_once_their_tra
     )  # fmt: skip
     # ... but not in what read_committed readers get: their transaction is open.
     assert committed_view(kafka_bootstrap, topics.scores, "read_committed") == Counter(["first0"])
+    # The page and the metrics see what such readers see: the held batches are not counted.
+    counted = metric_samples(first, "pixelwatch_images_total")
+    assert sum(v for labels, v in counted if labels["outcome"] in ("normal", "anomaly")) == 1
 
     # kill -9 with the transaction open; the replacement (same instance, same transactional.id)
     # fences it, the broker aborts it, and the replacement answers those inputs once.
@@ -215,3 +218,29 @@ async def test_a_fenced_worker_stops_with_one_line_and_commits_nothing_more(
     )  # fmt: skip
     assert second.stop() == 0
     assert committed_view(kafka_bootstrap, topics.scores, "read_committed") == Counter(expected)
+
+
+@kafka
+async def test_dlq_replay_leaves_out_the_dead_letters_of_aborted_transactions(
+    kafka_bootstrap: str, topics: WorkerTopics
+) -> None:
+    from test_dlq_replay import replay
+
+    await create_topic(kafka_bootstrap, topics.dlq, 1)
+    await create_topic(kafka_bootstrap, topics.images, 1)
+    writer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": topics.run})
+    writer.init_transactions(30)
+    for key, commit in ((b"aborted", False), (b"committed", True)):
+        writer.begin_transaction()
+        writer.produce(topics.dlq, b"{not json", key, headers=[(HEADER_REASON, b"schema")])
+        writer.flush(30)
+        (writer.commit_transaction if commit else writer.abort_transaction)(30)
+
+    done = replay(kafka_bootstrap, topics.env())
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"replayed 1 of 1 dead letters from {topics.dlq}"), done.stdout
+    records = await consume_until(
+        kafka_bootstrap, [topics.images], lambda r: len(r[topics.images]) >= 1
+    )
+    assert [r.key for r in records[topics.images]] == [b"committed"]

@@ -120,6 +120,7 @@ class DataPlane:
         exactly_once = settings.processing_guarantee == "exactly_once"
         self._tid = transactional_id(settings) if exactly_once else None
         self._eos: Transactions | None = None  # exactly_once: set once the producer runs
+        self._held: list[tuple[BatchResult, float]] = []  # for observers, until the commit
 
     # ---- control, from any thread ----
 
@@ -283,6 +284,11 @@ class DataPlane:
             self._shadow(self.shadow, result)
         elapsed = time.perf_counter() - started
         self.status.progressed()
+        if eos is not None:
+            # The page, the metrics and the drift window see what read_committed readers see:
+            # a batch once its transaction commits, and an aborted one only when retried.
+            self._held.append((result, elapsed))
+            return
         for observe in self.observers:
             observe(result, elapsed)
 
@@ -509,6 +515,10 @@ class DataPlane:
         if eos.commit(offsets, consumer.consumer_group_metadata()):
             self._ledger.settle()
             self._committed_offsets(None, offsets)
+            held, self._held = self._held, []
+            for result, elapsed in held:
+                for observe in self.observers:
+                    observe(result, elapsed)
             return
         self._abort(why, keep)
 
@@ -521,6 +531,7 @@ class DataPlane:
         self._raise_fatal()
         reason, count = eos.doomed or why, self._ledger.in_flight
         eos.abort()
+        self._held.clear()
         self._failures.clear()  # the aborted records' reports: they are answered again
         stays = self._assigned if keep is None else keep & self._assigned
         back = [

@@ -177,7 +177,7 @@ async def wait_for_outputs(
     run that completes between two polls still gets a non-zero duration.
     """
     partitions = await topic_partitions(bootstrap, topic, wait)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
     try:
         deadline = time.monotonic() + wait
@@ -380,7 +380,9 @@ async def latency(bootstrap: str, cfg: Config, rate: float) -> dict[str, float]:
         await wait_for_outputs(bootstrap, scores, count + 1, [worker], cfg.timeout)
     finally:
         stop(worker)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     latencies: list[float] = []
     try:

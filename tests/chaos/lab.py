@@ -158,6 +158,8 @@ class Tally:
                 "bootstrap.servers": self.bootstrap,
                 "group.id": "chaos-tally",  # never joined: partitions are assigned
                 "enable.auto.commit": False,
+                # What a downstream consumer should see: committed transactions only.
+                "isolation.level": "read_committed",
                 "fetch.max.bytes": 4_000_000,
                 "log_level": 0,
             }
