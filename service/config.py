@@ -29,7 +29,9 @@ OTHER_VARIABLES: Final = {
     "PIXELWATCH_SCREENSHOT": "where `make screenshot` writes the page's picture",
 }
 
-TRANSACTION_MARGIN: Final = 30.0  # seconds a transaction may stay open beyond its work
+# Seconds a transaction may stay open beyond its work: short, because it is also how long a
+# killed worker's open transaction (without a successor taking its id) holds up its outputs.
+TRANSACTION_MARGIN: Final = 10.0
 MAX_TRANSACTION_TIMEOUT: Final = 900.0  # the broker's transaction.max.timeout.ms default
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"

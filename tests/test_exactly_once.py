@@ -7,11 +7,16 @@ import signal
 import time
 from collections import Counter
 
+import orjson
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from conftest import StartWorker
+from kafka_messages import kafka_message
 from service.config import Settings
+from service.dataplane.decode import WHOLE
+from service.dataplane.pipeline import BatchResult, Reason
+from service.dataplane.transactions import TransactionFatal, Transactions
 from service.errors import PixelwatchError
 from service.schemas import HEADER_REASON
 from test_delivery import create_topic, ids, images, logged
@@ -244,3 +249,134 @@ async def test_dlq_replay_leaves_out_the_dead_letters_of_aborted_transactions(
         kafka_bootstrap, [topics.images], lambda r: len(r[topics.images]) >= 1
     )
     assert [r.key for r in records[topics.images]] == [b"committed"]
+
+
+# ---- the transaction logic, with a stand-in producer ----
+
+
+class ScriptedProducer:
+    """Raises the scripted errors, one per call, for the transactional calls it is given."""
+
+    def __init__(self, **errors: list[KafkaError]) -> None:
+        self.errors = errors
+        self.calls: list[str] = []
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        queue = self.errors.get(name, [])
+        if queue:
+            raise KafkaException(queue.pop(0))
+
+    def init_transactions(self, timeout: float) -> None:
+        self._call("init_transactions")
+
+    def begin_transaction(self) -> None:
+        self._call("begin_transaction")
+
+    def send_offsets_to_transaction(self, offsets: object, group: object, timeout: float) -> None:
+        self._call("send_offsets_to_transaction")
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._call("commit_transaction")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self._call("abort_transaction")
+
+
+def transactions(producer: ScriptedProducer) -> Transactions:
+    return Transactions(producer, "pixelwatch-g-w-1", timeout=5.0)  # type: ignore[arg-type]
+
+
+def test_a_commit_that_times_out_is_retried_and_then_commits() -> None:
+    producer = ScriptedProducer(
+        commit_transaction=[KafkaError(KafkaError._TIMED_OUT, "slow", retriable=True)]
+    )
+    txn = transactions(producer)
+    txn.begin()
+    assert txn.commit([TopicPartition("images", 0, 10)], object()) is True
+    assert producer.calls == [
+        "begin_transaction", "send_offsets_to_transaction", "commit_transaction",
+        "commit_transaction",
+    ]  # fmt: skip
+    assert not txn.open
+
+
+def test_an_abortable_commit_returns_false_and_says_why() -> None:
+    abortable = KafkaError(KafkaError.INVALID_TXN_STATE, "refused", txn_requires_abort=True)
+    producer = ScriptedProducer(commit_transaction=[abortable])
+    txn = transactions(producer)
+    txn.begin()
+    assert txn.commit([TopicPartition("images", 0, 10)], object()) is False
+    assert txn.doomed is not None and "INVALID_TXN_STATE" in txn.doomed
+    txn.abort()
+    assert producer.calls[-1] == "abort_transaction" and not txn.open and txn.doomed is None
+
+
+def test_a_fenced_producer_raises_the_one_line_that_names_its_transactional_id() -> None:
+    fenced = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+    txn = transactions(ScriptedProducer(commit_transaction=[fenced]))
+    txn.begin()
+    with pytest.raises(TransactionFatal) as raised:
+        txn.commit([], object())
+    line = str(raised.value)
+    assert line.startswith(
+        "ProducerFenced: another producer took transactional.id pixelwatch-g-w-1"
+    )
+    assert "\n" not in line
+
+
+def test_a_report_after_an_abort_dooms_no_later_transaction() -> None:
+    txn = transactions(ScriptedProducer())
+    txn.doom("late report")
+    assert txn.doomed is None
+    txn.begin()
+    txn.doom("refused")
+    assert txn.doomed == "refused"
+
+
+def test_a_retry_dead_letters_the_whole_input_of_a_refused_output_and_keeps_the_others() -> None:
+    refused, fine = kafka_message(b"{}", 7, partition=1), kafka_message(b"{}", 8, partition=1)
+
+    def output(message: Message) -> tuple[bytes, bytes]:
+        source = {"partition": message.partition(), "offset": message.offset(), "index": 0}
+        return b"k", orjson.dumps({"source": source})
+
+    result = BatchResult([refused, fine], scores=[output(refused), output(fine)])
+    result.anomalies = [output(refused)]
+    txn = transactions(ScriptedProducer())
+    txn.refused_output((1, 7), "output to scores refused: MSG_SIZE_TOO_LARGE")
+    txn.redirect(result)
+
+    assert result.scores == [output(fine)] and result.anomalies == []
+    [letter] = result.dead
+    assert (letter.message, letter.index, letter.reason) == (refused, WHOLE, Reason.DELIVERY)
+    assert letter.text == "output to scores refused: MSG_SIZE_TOO_LARGE"
+    # Once a commit covers the input, the retry's plan is done with.
+    txn.begin()
+    txn.commit([TopicPartition("images", 1, 9)], object())
+    assert txn.redirects.dead == {}
+
+
+def test_a_transactional_call_that_hangs_past_its_timeout_stops_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from service.dataplane import transactions as module
+
+    monkeypatch.setattr(module, "HUNG_GRACE", 0.2)
+    release = threading.Event()
+
+    class Hung(ScriptedProducer):
+        def send_offsets_to_transaction(self, offsets: object, group: object, t: float) -> None:
+            release.wait(30)  # as librdkafka's does when the group coordinator went away
+
+    hung = Hung()
+    txn = transactions(hung)
+    txn.timeout = 0.5
+    txn.begin()
+    try:
+        with pytest.raises(TransactionFatal, match="send_offsets_to_transaction did not return"):
+            txn.commit([TopicPartition("images", 0, 1)], object())
+    finally:
+        release.set()

@@ -499,7 +499,8 @@ class DataPlane:
             return
         producer, consumer = self._producer, self._consumer
         assert producer is not None and consumer is not None
-        deadline = time.monotonic() + self.settings.delivery_timeout + 30.0
+        # librdkafka times every record out after the delivery timeout: waiting longer is idle.
+        deadline = time.monotonic() + self.settings.delivery_timeout + 5.0
         while eos.doomed is None:
             left = producer.flush(0.5)
             self._replace_failures()
@@ -507,7 +508,7 @@ class DataPlane:
             if left == 0 and len(producer) == 0 and not self._failures:
                 break
             if time.monotonic() > deadline:
-                eos.doom(f"outputs unconfirmed after {self.settings.delivery_timeout + 30:.0f}s")
+                eos.doom(f"outputs unconfirmed after {self.settings.delivery_timeout + 5:.0f}s")
         pending = self._ledger.pending()
         offsets = [
             TopicPartition(t, p, o) for (t, p), o in pending.items() if (t, p) in self._assigned

@@ -24,6 +24,7 @@ commit point (`commit`, or `abort` and a rewind), on a refused record (`refused`
 revoke or loss of partitions (`forget`).
 """
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -61,6 +62,37 @@ class TransactionFatal(PixelwatchError):
 
 class _Abortable(Exception):
     pass
+
+
+HUNG_GRACE: Final = 10.0
+"""Seconds past its own timeout that a transactional call may take before the worker gives
+up on it: librdkafka's send_offsets_to_transaction can block past its timeout when the
+group coordinator went away (confluentinc/librdkafka#5456)."""
+
+
+def bounded(operation: Callable[[float], object], timeout: float, what: str) -> None:
+    """Run `operation(timeout)` on a thread of its own and wait at most `timeout` plus
+    `HUNG_GRACE`. A call still blocked then is abandoned (its thread is a daemon) and the
+    worker stops: a restarted worker fences the hung producer and aborts its transaction."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            operation(timeout)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, name=f"pixelwatch-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout + HUNG_GRACE)
+    if not outcome:
+        raise TransactionFatal(
+            f"{what} did not return within {timeout + HUNG_GRACE:.0f}s; stopping without "
+            "committing its transaction"
+        )
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def transactional_id(settings: Settings) -> str:
@@ -127,7 +159,8 @@ class Transactions:
             self.open = True
 
     def doom(self, why: str) -> None:
-        if self.doomed is None:
+        """The open transaction must abort (a late report after an abort dooms nothing)."""
+        if self.open and self.doomed is None:
             self.doomed = why
 
     def commit(self, offsets: list[TopicPartition], group: object) -> bool:
@@ -216,7 +249,7 @@ class Transactions:
     def _call(self, what: str, operation: Callable[[float], object], deadline: float) -> None:
         while True:
             try:
-                operation(max(1.0, deadline - time.monotonic()))
+                bounded(operation, max(1.0, deadline - time.monotonic()), what)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
