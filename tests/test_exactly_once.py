@@ -380,3 +380,14 @@ def test_a_transactional_call_that_hangs_past_its_timeout_stops_the_worker(
             txn.commit([TopicPartition("images", 0, 1)], object())
     finally:
         release.set()
+
+
+def test_a_fatal_error_reported_only_by_its_code_stops_the_data_plane() -> None:
+    # librdkafka hands a static member fenced by its group to the error callback as code
+    # _FATAL without the fatal flag; a worker that took it for a warning would idle forever.
+    from service.dataplane.loop import DataPlane
+
+    plane = DataPlane(Settings(), scorer=None)  # type: ignore[arg-type]
+    plane._client_error(KafkaError(KafkaError._FATAL, "Static consumer fenced"))
+    with pytest.raises(PixelwatchError, match="_FATAL"):
+        plane._raise_fatal()

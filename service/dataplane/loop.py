@@ -668,19 +668,25 @@ class DataPlane:
                 self._on_commit(done)
 
     def _producer_error(self, error: KafkaError) -> None:
-        if error.fatal() and self._tid is not None:  # fenced, most likely: one line says so
+        if _is_fatal(error) and self._tid is not None:  # fenced, most likely: one line says so
             self._fatal = fatal_error(error, self._tid)
             return
         self._client_error(error)
 
     def _client_error(self, error: KafkaError) -> None:
         """librdkafka's error callback and consume errors: fatal ones stop the loop."""
-        if error.fatal():
+        if _is_fatal(error):
             self._fatal = DataPlaneError(f"Kafka client error: {error.name()}: {error.str()}")
             return
         suffix = self._throttle.suffix(f"client:{error.code()}")
         if suffix is not None:
             log.warning("Kafka: %s: %s%s", error.name(), clean(error.str()), suffix)
+
+
+def _is_fatal(error: KafkaError) -> bool:
+    """librdkafka reports a fatal error to the error callback as code _FATAL, whose
+    `fatal()` flag is not always set (a static member fenced by the group): either counts."""
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
 
 
 def static_membership(settings: Settings) -> dict[str, Any]:
