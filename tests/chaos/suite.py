@@ -286,8 +286,7 @@ def broker_kill(lab: Lab, downtime: float = 20.0) -> Result:
             if resumed is None and not worker.alive() and lab.exactly_once:
                 # What an orchestrator does with a worker that stopped itself: start it again
                 # (same instance id, so it fences its predecessor's open transaction).
-                stopped = [x for x in worker.output().splitlines() if "data plane stopped" in x]
-                restarted.append(f"exit {worker.process.returncode}: {stopped[:1]}")
+                restarted.append(stop_line(worker))
                 worker = lab.worker(topics, "a")
         time.sleep(5.0)
         result = result_of(lab, f"broker kill -9, {downtime:.0f} s down", stream, tally, 300)
@@ -423,9 +422,17 @@ def deleted_topic(lab: Lab) -> Result:
         tally.wait_for(dict(stream.acked), 60)
         delete_topic(lab.bootstrap, topics.scores)
         stream.resume()
-        time.sleep(10.0)
+        restarted: list[str] = []
+        until = time.monotonic() + 40.0
+        while time.monotonic() < until:
+            time.sleep(0.5)
+            if not worker.alive() and lab.exactly_once:
+                restarted.append(stop_line(worker))  # and restarted, as an orchestrator would
+                worker = lab.worker(topics, "a", PIXELWATCH_DELIVERY_TIMEOUT="10")
         result = result_of(lab, "output topic deleted mid-stream", stream, tally, 180)
         reasons = sorted(set(tally.reasons.values()))
+    for line in restarted:
+        result.notes.append(f"the worker stopped itself and was restarted ({line})")
     recreated = subprocess_topics(lab.bootstrap)
     result.notes.append(f"dead-letter reasons: {reasons} (delivery timeout 10 s)")
     if topics.scores in recreated:
@@ -434,6 +441,13 @@ def deleted_topic(lab: Lab) -> Result:
         result.problems.append("the worker died")
     stop_all(worker)
     return result
+
+
+def stop_line(worker: WorkerProcess) -> str:
+    """A worker's exit code and the line it stopped with."""
+    lines = [x for x in worker.output().splitlines() if "data plane stopped" in x]
+    why = lines[0].split("data plane stopped: ", 1)[1][:160] if lines else "no line"
+    return f"exit {worker.process.returncode}: {why}"
 
 
 def kill_mid_transaction(lab: Lab, interval: float = 8.0) -> Result:
