@@ -435,7 +435,9 @@ def deleted_topic(lab: Lab) -> Result:
         result.notes.append(f"the worker stopped itself and was restarted ({line})")
     recreated = subprocess_topics(lab.bootstrap)
     result.notes.append(f"dead-letter reasons: {reasons} (delivery timeout 10 s)")
-    if topics.scores in recreated:
+    if topics.scores in recreated and restarted:
+        result.notes.append("the restarted worker created the topic again, at its start-up")
+    elif topics.scores in recreated:
         result.problems.append("the deleted topic was created again")
     if not worker.alive():
         result.problems.append("the worker died")
