@@ -58,7 +58,7 @@ eval-digits: venv ## AUROC of every architecture and the defaults vs PCA / Isola
 bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/)
 	PYTHONPATH=tests $(BIN)/python -m benchmarks.bench
 
-chaos: venv prereqs ## fault suite: kill -9, SIGTERM, broker kill, rebalance, poison, fuzz, undeliverable output (~10 min; chaos-results/)
+chaos: venv prereqs ## fault suite in both processing guarantees: kill -9, SIGTERM, broker kill, rebalance, poison, fuzz, undeliverable output (~20 min; chaos-results/)
 	$(BIN)/python tests/chaos/suite.py
 
 broker: venv prereqs ## run a local Kafka broker on port 9092 until Ctrl-C

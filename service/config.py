@@ -29,6 +29,11 @@ OTHER_VARIABLES: Final = {
     "PIXELWATCH_SCREENSHOT": "where `make screenshot` writes the page's picture",
 }
 
+# Seconds a transaction may stay open beyond its work: short, because it is also how long a
+# killed worker's open transaction (without a successor taking its id) holds up its outputs.
+TRANSACTION_MARGIN: Final = 10.0
+MAX_TRANSACTION_TIMEOUT: Final = 900.0  # the broker's transaction.max.timeout.ms default
+
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
 """A model name is a key on the models topic; `#` and `@` stay free for the keys derived from
 it (its shadow, its archived versions)."""
@@ -152,6 +157,11 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="consumed messages whose outputs are not yet confirmed, at most",
     )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: a crash re-answers the inputs since the last commit; "
+        "exactly_once: outputs, dead letters and offsets commit in one Kafka transaction",
+    )
     session_timeout: float = Field(
         10.0,
         ge=1.0,
@@ -226,6 +236,14 @@ class Settings(BaseSettings):
             self.shadow_topic,
             self.models_topic,
         ]
+        if self.processing_guarantee == "exactly_once":
+            needed = self.transaction_timeout
+            if needed > MAX_TRANSACTION_TIMEOUT:
+                raise ValueError(
+                    f"exactly_once needs PIXELWATCH_COMMIT_INTERVAL + PIXELWATCH_DELIVERY_TIMEOUT "
+                    f"+ {TRANSACTION_MARGIN:.0f} s ({needed:.0f} s) within the broker's default "
+                    f"transaction.max.timeout.ms ({MAX_TRANSACTION_TIMEOUT:.0f} s)"
+                )
         if len(set(topics)) < len(topics):
             raise ValueError(
                 "input, anomalies, scores, DLQ, shadow and models topics must all be different"
@@ -238,6 +256,20 @@ class Settings(BaseSettings):
         if self.group_instance_id == HOSTNAME:
             return socket.gethostname()
         return self.group_instance_id
+
+    @property
+    def transactional_id(self) -> str | None:
+        """The data plane's `transactional.id` in exactly_once: stable per worker instance, so
+        a restarted worker fences its predecessor and aborts its open transaction at once.
+        None without `group_instance_id` (the data plane then makes a unique one per run)."""
+        instance = self.instance_id
+        return f"pixelwatch-{self.group_id}-{instance}" if instance else None
+
+    @property
+    def transaction_timeout(self) -> float:
+        """Seconds a transaction may stay open: a commit interval of batches, then up to the
+        delivery timeout to confirm them, and a margin for the commit itself."""
+        return self.commit_interval + self.delivery_timeout + TRANSACTION_MARGIN
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -22,6 +22,7 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         cost_batches=2,
         memory_sizes=(1, 16),
         latency_seconds=2.0,
+        commit_intervals=(0.5,),
         model=seed_model_path,
         workdir=tmp_path,
         candidate=candidate_model_path,
@@ -31,8 +32,8 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
     expected = {
         "librdkafka", "aiokafka", "faust_agent", "faust_agent_quiet_monitor",
         "faust_agent_no_cython",
-        "worker", "worker_tuned", "worker_x2", "worker_binary", "worker_binary_anomalies_only",
-        "worker_binary_grouped",
+        "worker", "worker_exactly_once", "worker_tuned", "worker_x2", "worker_binary",
+        "worker_binary_anomalies_only", "worker_binary_grouped",
     }  # fmt: skip
     assert set(report["throughput"]) == expected
     for name, row in report["throughput"].items():
@@ -54,11 +55,18 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         <= report["latency"]["p99_ms"]
         <= report["latency"]["max_ms"]
     )
+    trade_off = report["commit_interval_trade_off"]
+    assert set(trade_off) == {"at_least_once", "exactly_once"}
+    for guarantee, rows in trade_off.items():
+        assert set(rows) == {"0.5"}, guarantee
+        row = rows["0.5"]
+        assert row["per_second"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"], guarantee
     for name, ratio in report["ratios"].items():
         assert ratio > 0 and math.isfinite(ratio), name
     assert set(report["targets"]) == {
         "worker/librdkafka >= 0.5",
         "worker/faust_agent >= 10",
+        "worker_exactly_once/worker >= 0.8",
         "binary images/librdkafka messages >= 2 (scores on)",
         "binary images/librdkafka messages >= 2 (anomalies only)",
         "binary images/librdkafka messages >= 5 (scores grouped)",

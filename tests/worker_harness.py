@@ -214,10 +214,14 @@ async def consume_until(
     done: Callable[[dict[str, list[ConsumerRecord]]], bool],
     timeout: float = 60.0,
     alive: Callable[[], bool] = lambda: True,
+    isolation_level: str = "read_committed",
 ) -> dict[str, list[ConsumerRecord]]:
-    """Read every partition of `topics` from the start until `done(records)` or timeout."""
+    """Read every partition of `topics` from the start until `done(records)` or timeout:
+    as a downstream consumer should, only what committed transactions hold (exactly_once)."""
     partitions = {t: await wait_for_topic(bootstrap, t, alive, timeout) for t in topics}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+    )
     await consumer.start()
     records: dict[str, list[ConsumerRecord]] = {t: [] for t in topics}
     try:

@@ -164,7 +164,10 @@ async def _stream(
     names += [f"normal-{i}" for i in range(args.normal)] + [f"noise-{i}" for i in range(args.noise)]
 
     consumer = AIOKafkaConsumer(
-        **client_options(settings), auto_offset_reset="earliest", enable_auto_commit=False
+        **client_options(settings),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",  # an exactly_once worker's aborted records stay out
     )
     await consumer.start()
     try:

@@ -63,6 +63,7 @@ class Ledger:
     def __init__(self) -> None:
         self._batches: list[Sequence[Message]] = []
         self._offsets: dict[TopicPartitionKey, int] = {}  # next to consume, per partition
+        self._first: dict[TopicPartitionKey, int] = {}  # first consumed, per partition
         # (partition, offset) -> message, built when a refused output needs its input
         self._index: dict[tuple[int | None, int | None], Message] | None = None
         self.in_flight = 0  # consumed messages since the last barrier
@@ -76,6 +77,7 @@ class Ledger:
             offset = int(message.offset() or 0) + 1
             if offset > offsets.get(key, -1):
                 offsets[key] = offset
+            self._first.setdefault(key, offset - 1)
         self._batches.append(messages)
         self.in_flight += len(messages)
         self._index = None
@@ -83,11 +85,23 @@ class Ledger:
     def settle(self) -> dict[TopicPartitionKey, int]:
         """At a barrier: every batch is delivered; their highest offsets per partition."""
         safe, self._offsets = self._offsets, {}
+        self._first = {}
         self._batches.clear()
         self._index = None
         self.replaced.clear()
         self.in_flight = 0
         return safe
+
+    def pending(self) -> dict[TopicPartitionKey, int]:
+        """The offsets the batches since the barrier advance to (nothing settled)."""
+        return dict(self._offsets)
+
+    def rewind(self) -> dict[TopicPartitionKey, int]:
+        """Drop every batch since the barrier (their outputs were aborted): per partition,
+        the first offset to consume again."""
+        first = self._first
+        self.settle()
+        return first
 
     def source(self, partition: int, offset: int) -> Message | None:
         """The message consumed since the barrier at (partition, offset) of the input topic.
@@ -103,3 +117,4 @@ class Ledger:
         """Partitions lost without a revoke: their offsets belong to another worker now."""
         for key in partitions:
             self._offsets.pop(key, None)
+            self._first.pop(key, None)

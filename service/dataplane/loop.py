@@ -4,7 +4,9 @@
     -> ... every `commit_interval`: a barrier (flush: every record confirmed or replaced)
     -> commit the offsets of every batch before it
 
-So a committed offset always has its outputs in Kafka: at-least-once delivery. Everything
+So a committed offset always has its outputs in Kafka: at-least-once delivery. With
+`PIXELWATCH_PROCESSING_GUARANTEE=exactly_once` each commit is a Kafka transaction instead
+(transactions.py): outputs and offsets become visible together, or not at all. Everything
 runs on this one thread: the consumer's rebalance callbacks fire inside `consume`, the
 producer's (failure-only) delivery callbacks inside `poll` and `flush`, so the ledger needs
 no lock. Between barriers the loop never waits for deliveries; it passes a barrier early when
@@ -41,6 +43,14 @@ from service.dataplane.ledger import Failure, Ledger, Record, TopicPartitionKey,
 from service.dataplane.pipeline import BatchResult, BatchScorer, DeadLetter, Header, Reason
 from service.dataplane.shadow import ShadowScorer
 from service.dataplane.status import DataPathStatus
+from service.dataplane.transactions import (
+    FAILING,
+    PURGED,
+    Transactions,
+    fatal_error,
+    producer_options,
+    transactional_id,
+)
 from service.errors import PixelwatchError
 from service.kafka.options import librdkafka_config
 from service.observability.throttle import Throttle
@@ -107,6 +117,10 @@ class DataPlane:
         self._next_commit = 0.0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        exactly_once = settings.processing_guarantee == "exactly_once"
+        self._tid = transactional_id(settings) if exactly_once else None
+        self._eos: Transactions | None = None  # exactly_once: set once the producer runs
+        self._held: list[tuple[BatchResult, float]] = []  # for observers, until the commit
 
     # ---- control, from any thread ----
 
@@ -136,6 +150,8 @@ class DataPlane:
             # We commit, after each barrier; librdkafka never commits on its own.
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
+            # Inputs written in transactions count only once committed (librdkafka's default).
+            "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": int(s.session_timeout * 1000),
             # Heartbeats also carry news of a rebalance: often, so a joining worker gets its
@@ -151,28 +167,43 @@ class DataPlane:
 
     def producer_config(self) -> dict[str, Any]:
         s = self.settings
-        return librdkafka_config(s) | {
-            "client.id": f"pixelwatch-{socket.gethostname()}",
-            # Idempotence keeps retries from duplicating or reordering outputs.
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "message.timeout.ms": int(s.delivery_timeout * 1000),
-            # A Python callback per confirmed record would cost more than encoding it: only
-            # failures are reported, and barriers (flush) confirm the rest.
-            "delivery.report.only.error": True,
-            "on_delivery": self._delivered,
-            "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
-            "error_cb": self._client_error,
-            "logger": logging.getLogger("pixelwatch.librdkafka"),
-        }
+        transactional = producer_options(s, self._tid) if self._tid is not None else {}
+        return (
+            transactional
+            | librdkafka_config(s)
+            | {
+                "client.id": f"pixelwatch-{socket.gethostname()}",
+                # Idempotence keeps retries from duplicating or reordering outputs.
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": int(s.delivery_timeout * 1000),
+                # A Python callback per confirmed record would cost more than encoding it: only
+                # failures are reported, and barriers (flush) confirm the rest.
+                "delivery.report.only.error": True,
+                "on_delivery": self._delivered,
+                "queue.buffering.max.messages": max(100_000, 4 * s.max_in_flight),
+                "error_cb": self._producer_error,
+                "logger": logging.getLogger("pixelwatch.librdkafka"),
+            }
+        )
 
     # ---- the loop ----
 
     def run(self) -> None:
         consumer = self._consumer = Consumer(self.consumer_config())
-        self._producer = Producer(self.producer_config())
+        producer = self._producer = Producer(self.producer_config())
         try:
+            if self._tid is not None:
+                self._eos = Transactions(producer, self._tid, self.settings.transaction_timeout)
+                if self.settings.transactional_id is None:
+                    log.warning(
+                        "exactly_once without PIXELWATCH_GROUP_INSTANCE_ID: transactional.id "
+                        "%s is new each run, so a killed worker's open transaction holds up "
+                        "its partitions until the broker aborts it (%.0f s)",
+                        self._tid, self.settings.transaction_timeout,
+                    )  # fmt: skip
+                self._eos.init(self.settings.connect_timeout)
             consumer.subscribe(
                 [self.settings.input_topic],
                 on_assign=self._on_assign,
@@ -181,8 +212,7 @@ class DataPlane:
             )
             while not self._stopping.is_set():
                 self._step(consumer)
-            self._barrier("shutdown")
-            self._commit(self._assigned)
+            self._settle("shutdown", self._assigned)
         except BaseException as exc:
             self.status.crashed(exc)
             raise
@@ -210,12 +240,13 @@ class DataPlane:
         assert producer is not None
         producer.poll(0)
         self._replace_failures()
+        if self._eos is not None and self._eos.doomed is not None:
+            self._abort("transaction")  # no use going on with it: answer its inputs again
         now = time.monotonic()
         if self._ledger.in_flight and (
             now >= self._next_commit or self._ledger.in_flight > s.max_in_flight
         ):
-            self._barrier("commit")
-            self._commit(self._assigned, asynchronous=True)
+            self._settle("commit", self._assigned, asynchronous=True)
             self._next_commit = time.monotonic() + s.commit_interval
         if now >= self._next_lag:
             self._next_lag = now + s.lag_interval
@@ -236,6 +267,10 @@ class DataPlane:
         started = time.perf_counter()
         result = self.scorer.process(messages)
         self._ledger.open(messages)
+        eos = self._eos
+        if eos is not None:
+            eos.begin()
+            eos.redirect(result)
         s = self.settings
         headers = result.headers
         if s.scores_enabled:
@@ -245,10 +280,15 @@ class DataPlane:
             self._produce(s.anomalies_topic, key, value, headers)
         if result.dead:
             self._dead_letters(result.dead, result.detected_at)
-        if self.shadow is not None and result.scored:
+        if self.shadow is not None and result.scored and not (eos and eos.redirects.no_shadow):
             self._shadow(self.shadow, result)
         elapsed = time.perf_counter() - started
         self.status.progressed()
+        if eos is not None:
+            # The page, the metrics and the drift window see what read_committed readers see:
+            # a batch once its transaction commits, and an aborted one only when retried.
+            self._held.append((result, elapsed))
+            return
         for observe in self.observers:
             observe(result, elapsed)
 
@@ -287,6 +327,9 @@ class DataPlane:
                 producer.poll(0.1)
                 continue
             except KafkaException as exc:
+                if self._eos is not None and exc.args[0].code() in FAILING:
+                    self._eos.doom(f"{topic}: {exc.args[0].name()}")  # the transaction fails
+                    return
                 # Refused before it was queued (a topic deleted under us, a record over the
                 # size limit): replaced like a record the broker refused later.
                 self._failures.append(Failure(exc.args[0], Unsent(topic, key, value, headers)))
@@ -308,6 +351,8 @@ class DataPlane:
         value: bytes | None,
     ) -> None:
         # A refusal, at once or later, is handled by `_replace` (the truncation marker, or a stop).
+        if self._eos is not None and value is not None and self._eos.marked(letter.message):
+            value = marker(value)
         self._produce(self.settings.dlq_topic, letter.message.key(), value, headers)
 
     # ---- confirmations ----
@@ -351,6 +396,10 @@ class DataPlane:
 
     def _replace(self, failure: Failure) -> None:
         record, error = failure.record, failure.error
+        if self._eos is not None and not isinstance(record, Unsent):
+            # In a transaction, a record the broker refused fails the whole transaction.
+            self._refused_in_transaction(self._eos, failure)
+            return
         topic = str(record.topic())
         value = record.value()
         if topic == self.settings.shadow_topic:
@@ -398,6 +447,114 @@ class DataPlane:
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         self._produce_dead(letter, letter.headers(now), letter.payload())
 
+    def _refused_in_transaction(self, eos: Transactions, failure: Failure) -> None:
+        """Note what the retry of the aborted inputs does instead of the refused record."""
+        record, error = failure.record, failure.error
+        if error.code() in PURGED:
+            return  # an aborted transaction's record: it is answered again
+        topic, value = str(record.topic()), record.value()
+        eos.doom(f"{topic} refused a record: {error.name()}")
+        if error.code() in FAILING:
+            return
+        if topic == self.settings.shadow_topic:
+            self._delivery_failed(topic, error, False)
+            eos.redirects.no_shadow = True
+        elif topic == self.settings.dlq_topic:
+            self._delivery_failed(topic, error, False)
+            headers = dict(_pairs(record))
+            too_large = error.code() in _SIZE_ERRORS and not is_marker(value or b"")
+            if too_large and eos.refused_dead_letter(headers):
+                return
+            self._fatal = DataPlaneError(
+                f"dead-letter topic {topic} refused a record ({error.name()}: "
+                f"{clean(error.str())}); stopping without committing its batch"
+            )
+        else:
+            source = _source_of(value, self._ledger)
+            if source is None:
+                self._fatal = DataPlaneError(
+                    f"an output to {topic} failed ({error.name()}) and its input is unknown"
+                )
+                return
+            message, index = source
+            self._delivery_failed(topic, error, True)
+            image = "" if index == WHOLE else f" (image {index})"
+            text = clean(f"output{image} to {topic} refused: {error.name()}: {error.str()}", 300)
+            eos.refused_output((int(message.partition() or 0), int(message.offset() or 0)), text)
+
+    def _settle(
+        self, why: str, partitions: set[TopicPartitionKey], asynchronous: bool = False
+    ) -> None:
+        """A commit point: commit what is confirmed (at_least_once), or the transaction."""
+        if self._eos is None:
+            self._barrier(why)
+            self._commit(partitions, asynchronous)
+        else:
+            self._transact(self._eos, why, partitions)
+
+    def _transact(self, eos: Transactions, why: str, keep: set[TopicPartitionKey]) -> None:
+        """Commit the open transaction with its batches' offsets, or abort it and rewind.
+        `keep`: the partitions that stay here (a revoke's others are leaving)."""
+        if not eos.open:
+            return
+        producer, consumer = self._producer, self._consumer
+        assert producer is not None and consumer is not None
+        # librdkafka times every record out after the delivery timeout: waiting longer is idle.
+        deadline = time.monotonic() + self.settings.delivery_timeout + 5.0
+        while eos.doomed is None:
+            left = producer.flush(0.5)
+            self._replace_failures()
+            self._raise_fatal()
+            if left == 0 and len(producer) == 0 and not self._failures:
+                break
+            if time.monotonic() > deadline:
+                eos.doom(f"outputs unconfirmed after {self.settings.delivery_timeout + 5:.0f}s")
+        pending = self._ledger.pending()
+        offsets = [
+            TopicPartition(t, p, o) for (t, p), o in pending.items() if (t, p) in self._assigned
+        ]
+        if eos.commit(offsets, consumer.consumer_group_metadata()):
+            self._ledger.settle()
+            self._committed_offsets(None, offsets)
+            held, self._held = self._held, []
+            for result, elapsed in held:
+                for observe in self.observers:
+                    observe(result, elapsed)
+            return
+        self._abort(why, keep)
+
+    def _abort(self, why: str, keep: set[TopicPartitionKey] | None = None) -> None:
+        """Abort the transaction; seek the partitions that stay back to their first offset in
+        it, so its inputs are consumed and answered again."""
+        eos, consumer = self._eos, self._consumer
+        assert eos is not None and consumer is not None
+        self._replace_failures()  # what the retry must do differently
+        self._raise_fatal()
+        reason, count = eos.doomed or why, self._ledger.in_flight
+        eos.abort()
+        self._held.clear()
+        self._failures.clear()  # the aborted records' reports: they are answered again
+        stays = self._assigned if keep is None else keep & self._assigned
+        back = [
+            TopicPartition(t, p, o)
+            for (t, p), o in self._ledger.rewind().items()
+            if (t, p) in stays
+        ]
+        for tp in back:
+            try:
+                consumer.seek(tp)
+            except KafkaException as exc:
+                raise DataPlaneError(
+                    f"{tp.topic}[{tp.partition}]: cannot seek back to {tp.offset} after an "
+                    f"aborted transaction ({exc.args[0].name()}); stopping without committing"
+                ) from None
+        suffix = self._throttle.suffix("abort")
+        if suffix is not None:
+            log.warning(
+                "%s: transaction aborted (%s); %d messages are answered again%s",
+                why, clean(reason), count, suffix,
+            )  # fmt: skip
+
     def _delivery_failed(self, topic: str, error: KafkaError, dead_lettered: bool) -> None:
         if self._on_delivery_failure is not None:
             self._on_delivery_failure(topic, error.name(), dead_lettered)
@@ -441,19 +598,27 @@ class DataPlane:
         keys = {(tp.topic, tp.partition) for tp in partitions}
         # Deliver what is in flight and commit before another worker takes over: a graceful
         # rebalance re-scores nothing.
-        self._barrier("rebalance")
-        self._commit(keys & self._assigned)
+        if self._eos is None:
+            self._barrier("rebalance")
+            self._commit(keys & self._assigned)
+        else:  # the whole transaction commits (or aborts) before the partitions go
+            self._transact(self._eos, "rebalance", self._assigned - keys)
         self._forget(keys)
         log.info("revoked %s", _names(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
+        if self._eos is not None and self._eos.open:
+            # Its offsets would be refused (a stale generation): abort, keep the others.
+            self._abort("lost", self._assigned - keys)
         self._ledger.forget(keys)
         self._forget(keys)
         log.warning("lost %s (session timed out); another worker re-reads them", _names(partitions))
 
     def _forget(self, keys: set[TopicPartitionKey]) -> None:
         self._assigned -= keys
+        if self._eos is not None:
+            self._eos.forget({p for _, p in keys})
         for key in keys:
             self._stored.pop(key, None)
             self._requested.pop(key, None)
@@ -502,14 +667,26 @@ class DataPlane:
             if self._on_commit is not None:
                 self._on_commit(done)
 
+    def _producer_error(self, error: KafkaError) -> None:
+        if _is_fatal(error) and self._tid is not None:  # fenced, most likely: one line says so
+            self._fatal = fatal_error(error, self._tid)
+            return
+        self._client_error(error)
+
     def _client_error(self, error: KafkaError) -> None:
         """librdkafka's error callback and consume errors: fatal ones stop the loop."""
-        if error.fatal():
+        if _is_fatal(error):
             self._fatal = DataPlaneError(f"Kafka client error: {error.name()}: {error.str()}")
             return
         suffix = self._throttle.suffix(f"client:{error.code()}")
         if suffix is not None:
             log.warning("Kafka: %s: %s%s", error.name(), clean(error.str()), suffix)
+
+
+def _is_fatal(error: KafkaError) -> bool:
+    """librdkafka reports a fatal error to the error callback as code _FATAL, whose
+    `fatal()` flag is not always set (a static member fenced by the group): either counts."""
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
 
 
 def static_membership(settings: Settings) -> dict[str, Any]:

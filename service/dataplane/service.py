@@ -48,6 +48,7 @@ class DataPlaneService(Service):
             return  # a requested stop
         reason = self._error or RuntimeError("the data plane stopped by itself")
         log.error("data plane stopped: %s", reason)
+        self._error = None  # reported: the stop that follows the crash says it no more
         await self.crash(reason)
 
     async def on_stop(self) -> None:

@@ -115,6 +115,9 @@ def read_dead_letters(
             "group.id": f"{settings.group_id}.replay",  # never joined: partitions are assigned
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            # Only dead letters of committed transactions (exactly_once): an aborted one's
+            # input was answered again, and replaying it would answer it twice.
+            "isolation.level": "read_committed",
         }
     )
     replay = Replay()

@@ -56,6 +56,8 @@ class Config:
     cost_batches: int = 40  # batches of 500 for the in-process shadow cost
     memory_sizes: tuple[int, ...] = (1, 64, 256, 1024, 4096, 16384)
     latency_seconds: float = 20.0
+    # PIXELWATCH_COMMIT_INTERVAL values for the throughput/latency trade-off, in both modes.
+    commit_intervals: tuple[float, ...] = (0.2, 1.0, 5.0)
     model: Path = ROOT / "artifacts" / "bench" / "seed.onnx"
     workdir: Path = ROOT / "bench-results" / "work"
     # The shadow candidate; None: trained (800 epochs, seed 1) into workdir/candidate.onnx.
@@ -177,7 +179,7 @@ async def wait_for_outputs(
     run that completes between two polls still gets a non-zero duration.
     """
     partitions = await topic_partitions(bootstrap, topic, wait)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
     await consumer.start()
     try:
         deadline = time.monotonic() + wait
@@ -380,7 +382,9 @@ async def latency(bootstrap: str, cfg: Config, rate: float) -> dict[str, float]:
         await wait_for_outputs(bootstrap, scores, count + 1, [worker], cfg.timeout)
     finally:
         stop(worker)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     latencies: list[float] = []
     try:
@@ -402,6 +406,96 @@ async def latency(bootstrap: str, cfg: Config, rate: float) -> dict[str, float]:
         "p99_ms": float(np.percentile(values, 99)),
         "max_ms": float(values.max()),
     }
+
+
+EXACTLY_ONCE = {
+    "PIXELWATCH_PROCESSING_GUARANTEE": "exactly_once",
+    "PIXELWATCH_GROUP_INSTANCE_ID": "bench",  # a stable transactional.id, as in production
+}
+GUARANTEES = {"at_least_once": {}, "exactly_once": EXACTLY_ONCE}
+
+
+async def visible_latency(
+    bootstrap: str, cfg: Config, rate: float, extra: dict[str, str]
+) -> dict[str, float]:
+    """End-to-end latency as a read_committed consumer sees it, at a fixed input rate: from an
+    image's `ts` to its score reaching a consumer that reads alongside the worker. An
+    exactly_once worker's outputs become visible only when their transaction commits, which
+    the broker's append time (`latency`) would not show; the reader's own delay counts here,
+    the same for both modes."""
+    run = uuid.uuid4().hex[:8]
+    source, scores = f"vis-in-{run}", f"scores-{run}"
+    await create_topics(
+        bootstrap, [source, scores, f"anomalies-{run}", f"dlq-{run}"], cfg.partitions
+    )
+    worker = spawn(
+        [sys.executable, "-m", "service.cli", "worker"],
+        worker_env(bootstrap, cfg, run, source, extra),
+        cfg.workdir / f"visible-{run}.log",
+    )
+    count = max(int(rate * cfg.latency_seconds), 10)
+    images = make_images(count + 1, cfg.anomalous_share, seed=2)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        fetch_max_wait_ms=10,
+    )
+    await consumer.start()
+    latencies: list[float] = []
+
+    async def read() -> None:
+        while len(latencies) < count:
+            worker.check_running()
+            batch = await consumer.getmany(timeout_ms=200)
+            now_ms = time.time() * 1000
+            for records in batch.values():
+                for r in records:
+                    out = json.loads(r.value)
+                    if out["id"].startswith("lat-"):
+                        latencies.append(now_ms - out["ts"])
+
+    try:
+        await produce_images(bootstrap, source, images[:1], "warm-")
+        await wait_for_outputs(bootstrap, scores, 1, [worker], cfg.timeout)
+        consumer.assign([TopicPartition(scores, p) for p in range(cfg.partitions)])
+        await consumer.seek_to_beginning()
+        reading = asyncio.ensure_future(asyncio.wait_for(read(), cfg.timeout))
+        await asyncio.to_thread(paced_produce, bootstrap, source, images[1:], rate)
+        await reading
+    finally:
+        stop(worker)
+        await consumer.stop()
+    values = np.asarray(latencies)
+    return {
+        "rate_per_second": rate,
+        "messages": float(len(values)),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+    }
+
+
+async def commit_trade_off(
+    bootstrap: str, source: str, cfg: Config, rate: float
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per guarantee and PIXELWATCH_COMMIT_INTERVAL: throughput, and the latency a
+    read_committed reader sees at `rate` (the same rate for all)."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for guarantee, knobs in GUARANTEES.items():
+        table[guarantee] = {}
+        for interval in cfg.commit_intervals:
+            extra = {**knobs, "PIXELWATCH_COMMIT_INTERVAL": str(interval)}
+            label = f"worker_{guarantee}_commit_{interval:g}s"
+            console.print(f"  {label}…")
+            done = await run_worker(label, bootstrap, source, cfg, extra)
+            seen = await visible_latency(bootstrap, cfg, rate, extra)
+            table[guarantee][f"{interval:g}"] = {
+                "per_second": done.per_second,
+                "p50_ms": seen["p50_ms"],
+                "p99_ms": seen["p99_ms"],
+            }
+    return table
 
 
 def ensure_model(path: Path, seed: int = 0) -> None:
@@ -456,6 +550,9 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
         label="faust_agent_no_cython", env={"NO_CYTHON": "1"},
     )  # fmt: skip
     results["worker"] = await run_worker("worker", bootstrap, source, cfg, {})
+    results["worker_exactly_once"] = await run_worker(
+        "worker_exactly_once", bootstrap, source, cfg, EXACTLY_ONCE
+    )
     results["worker_tuned"] = await run_worker("worker_tuned", bootstrap, source, cfg, cfg.tuned)
     results["worker_x2"] = await run_worker("worker_x2", bootstrap, source, cfg, {}, workers=2)
     results["worker_binary"] = await run_worker(
@@ -477,6 +574,8 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     )  # fmt: skip
     console.print("latency at 50% of the worker's throughput…")
     lat = await latency(bootstrap, cfg, 0.5 * results["worker"].per_second)
+    console.print("latency to a read_committed reader, by guarantee and commit interval…")
+    visible = await commit_trade_off(bootstrap, source, cfg, 0.5 * results["worker"].per_second)
     console.print("own cost per message, in-process…")
     own = own_cost(load_model(cfg.model))
     console.print("shadow scoring and memory-bank cost, in-process…")
@@ -508,12 +607,14 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
         "config": {k: str(v) for k, v in asdict(cfg).items()},
         "throughput": {k: asdict(v) for k, v in results.items()},
         "latency": lat,
+        "commit_interval_trade_off": visible,
         "own_cost": own,
         "shadow_cost": shadow,
         "memory_bank_cost": [asdict(point) for point in memory],
         "ratios": {
             "worker/librdkafka": worker / limit,
             "worker/aiokafka": worker / results["aiokafka"].per_second,
+            "worker_exactly_once/worker": results["worker_exactly_once"].per_second / worker,
             "worker/faust_agent": worker / results["faust_agent"].per_second,
             "faust_agent_quiet_monitor/faust_agent": results["faust_agent_quiet_monitor"].per_second
             / results["faust_agent"].per_second,
@@ -530,6 +631,8 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
         "targets": {
             "worker/librdkafka >= 0.5": worker / limit >= 0.5,
             "worker/faust_agent >= 10": worker / results["faust_agent"].per_second >= 10,
+            "worker_exactly_once/worker >= 0.8": results["worker_exactly_once"].per_second / worker
+            >= 0.8,
             "binary images/librdkafka messages >= 2 (scores on)": binary / limit >= 2,
             "binary images/librdkafka messages >= 2 (anomalies only)": binary_quiet / limit >= 2,
             "binary images/librdkafka messages >= 5 (scores grouped)": grouped / limit >= 5,
@@ -558,6 +661,13 @@ def print_table(report: dict[str, Any]) -> None:
         f"latency at {lat['rate_per_second']:,.0f}/s: p50 {lat['p50_ms']:.1f} ms, "
         f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
     )
+    out.print("by commit interval (throughput; latency to a read_committed reader):")
+    for guarantee, rows in report["commit_interval_trade_off"].items():
+        for interval, row in rows.items():
+            out.print(
+                f"  {guarantee} {interval} s: {row['per_second']:,.0f}/s, "
+                f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms"
+            )
     own = report["own_cost"]
     out.print(
         f"own cost per message (decode, validate, score, encode): JSON {own['json_us']:.2f} µs, "

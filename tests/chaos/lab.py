@@ -144,8 +144,9 @@ class Tally:
     bootstrap: str
     topics: list[str]
     answers: Counter[Answer] = field(default_factory=Counter)
-    # Per input partition, when the worker produced each answer (ms since the epoch).
-    times: dict[int, list[int]] = field(default_factory=dict)
+    # Per input partition, when the worker produced each answer and when this reader got it
+    # (ms since the epoch): an exactly_once answer is visible only once its transaction commits.
+    times: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     reasons: dict[Where, str] = field(default_factory=dict)  # dead letters' reasons
     dead: dict[Where, bytes | None] = field(default_factory=dict)  # dead letters' values
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -158,6 +159,8 @@ class Tally:
                 "bootstrap.servers": self.bootstrap,
                 "group.id": "chaos-tally",  # never joined: partitions are assigned
                 "enable.auto.commit": False,
+                # What a downstream consumer should see: committed transactions only.
+                "isolation.level": "read_committed",
                 "fetch.max.bytes": 4_000_000,
                 "log_level": 0,
             }
@@ -194,7 +197,7 @@ class Tally:
         _, produced_ms = message.timestamp()
         with self._lock:
             self.answers[answer] += 1
-            self.times.setdefault(answer[0], []).append(produced_ms)
+            self.times.setdefault(answer[0], []).append((produced_ms, int(time.time() * 1000)))
             headers = dict(message.headers() or [])
             if "pixelwatch.error.reason" in headers:
                 where = (answer[0], answer[1])
@@ -213,8 +216,9 @@ class Tally:
             return sum(n - 1 for (p, o, _), n in self.answers.items() if (p, o) in keys)
 
     def first_after(self, partition: int, moment_ms: int) -> int | None:
+        """When this reader first got an answer the worker produced after `moment_ms`."""
         with self._lock:
-            later = [t for t in self.times.get(partition, []) if t > moment_ms]
+            later = [seen for made, seen in self.times.get(partition, []) if made > moment_ms]
         return min(later) if later else None
 
     def wait_for(self, wanted: Iterable[Where], timeout: float) -> set[Where]:
@@ -226,8 +230,9 @@ class Tally:
         return found
 
     def resumed(self, moment: float, partitions: int, timeout: float = 90.0) -> float | None:
-        """Seconds from `moment` (epoch s) until every input partition was answered again:
-        the failover time, when a worker died at `moment` and the stream kept flowing."""
+        """Seconds from `moment` (epoch s) until every input partition was answered again, as
+        this read_committed reader sees it: the failover time, when a worker died at
+        `moment` and the stream kept flowing."""
         since = int(moment * 1000)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

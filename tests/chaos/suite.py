@@ -13,6 +13,11 @@ answered (scored, or dead-lettered) and how many were answered twice:
     5,000 fuzz messages        seeded random bytes, broken JSON, wrong types, binary pixels
     undeliverable output       a scores topic that refuses every record (max.message.bytes)
     output topic deleted       the scores topic is deleted mid-stream
+    kill -9 mid-transaction    (exactly_once) a worker killed just before its commit point
+
+Every scenario runs in both processing guarantees (`--guarantee` picks one). In
+exactly_once every worker has a PIXELWATCH_GROUP_INSTANCE_ID (so a stable transactional.id),
+a replacement takes its predecessor's, and any duplicate breaks the promise.
 
 Failover is the time from the fault until every input partition was answered again (for the
 broker: from its return). Results go to chaos-results/chaos.json and a table.
@@ -70,6 +75,7 @@ FAILOVER_TARGET: Final = 15.0  # seconds, after kill -9
 @dataclass
 class Result:
     scenario: str
+    guarantee: str
     sent: int
     found: int
     duplicates: int
@@ -89,6 +95,7 @@ class Lab:
     broker: LocalBroker
     model: Path
     workdir: Path
+    guarantee: str = "at_least_once"
     _names: Iterator[int] = field(default_factory=count)
     _workers: list[WorkerProcess] = field(default_factory=list)
 
@@ -96,10 +103,20 @@ class Lab:
     def bootstrap(self) -> str:
         return self.broker.bootstrap
 
-    def worker(self, topics: WorkerTopics, **env: str) -> WorkerProcess:
+    @property
+    def exactly_once(self) -> bool:
+        return self.guarantee == "exactly_once"
+
+    def worker(self, topics: WorkerTopics, slot: str = "a", **env: str) -> WorkerProcess:
+        """A worker; in exactly_once, `slot` is its instance id: a replacement takes the slot
+        (and so the transactional.id) of the worker it replaces."""
         n = next(self._names)
         settings = worker_env(self.bootstrap, topics, self.model, self.workdir / f"state-{n}")
-        settings |= {"PIXELWATCH_METRICS_HOST": "127.0.0.1", **env}
+        settings |= {"PIXELWATCH_METRICS_HOST": "127.0.0.1"}
+        settings |= {"PIXELWATCH_PROCESSING_GUARANTEE": self.guarantee}
+        if self.exactly_once:
+            settings |= {"PIXELWATCH_GROUP_INSTANCE_ID": f"{topics.run}-{slot}"}
+        settings |= env
         worker = WorkerProcess(settings, self.workdir / f"worker-{n}.log")
         self._workers.append(worker)
         return worker
@@ -141,9 +158,9 @@ def settle(stream: Stream, tally: Tally, timeout: float = 180.0) -> tuple[int, i
     return len(stream.acked), len(found), tally.duplicates(stream.acked)
 
 
-def result_of(name: str, stream: Stream, tally: Tally, timeout: float = 180.0) -> Result:
+def result_of(lab: Lab, name: str, stream: Stream, tally: Tally, timeout: float = 180.0) -> Result:
     sent, found, duplicates = settle(stream, tally, timeout)
-    result = Result(name, sent, found, duplicates)
+    result = Result(name, lab.guarantee, sent, found, duplicates)
     if stream.failed:
         result.problems.append(f"the stream's producer failed: {stream.failed[:3]}")
     if result.lost:
@@ -160,7 +177,7 @@ def stop_all(*workers: WorkerProcess) -> list[int]:
 
 def kill9(lab: Lab, kills: int = 3) -> Result:
     topics = WorkerTopics()
-    workers = [lab.worker(topics), lab.worker(topics)]
+    workers = [lab.worker(topics, "a"), lab.worker(topics, "b")]
     wait_for_topics(lab.bootstrap, [topics.images, topics.scores, topics.dlq])
     stream = Stream(lab.bootstrap, topics.images)
     failovers: list[float] = []
@@ -177,13 +194,17 @@ def kill9(lab: Lab, kills: int = 3) -> Result:
             if resumed is None:
                 raise RuntimeError("no worker resumed the killed worker's partitions")
             failovers.append(resumed)
-            workers[victim] = lab.worker(topics)
+            workers[victim] = lab.worker(topics, "ab"[victim])
             wait_log(workers[victim], "assigned")
             time.sleep(3.0)
-        result = result_of(f"kill -9 a worker (x{kills})", stream, tally)
+        result = result_of(lab, f"kill -9 a worker (x{kills})", stream, tally)
         stop_all(*workers)
     result.failover_s = failovers
-    result.notes.append("two workers; duplicates are re-reads since the last commit")
+    result.notes.append(
+        "two workers; the killed one's replacement takes its transactional.id"
+        if lab.exactly_once
+        else "two workers; duplicates are re-reads since the last commit"
+    )
     slow = [f for f in failovers if f > FAILOVER_TARGET]
     result.notes.append(
         f"failover target <= {FAILOVER_TARGET:.0f} s: {'missed' if slow else 'met'}"
@@ -202,10 +223,10 @@ def sigterm(lab: Lab) -> Result:
         time.sleep(8.0)
         code = first.stop(signal.SIGTERM)  # returns once it has exited
         stopped_at = time.time()
-        second = lab.worker(topics)
+        second = lab.worker(topics, "a")  # a replacement in place
         resumed = tally.resumed(stopped_at, PARTITIONS)
         time.sleep(5.0)
-        result = result_of("SIGTERM", stream, tally)
+        result = result_of(lab, "SIGTERM", stream, tally)
         stop_all(second)
     if code != 0:
         result.problems.append(f"the stopped worker exited with {code}")
@@ -225,14 +246,14 @@ def rebalance(lab: Lab) -> Result:
         stream.start(images("rebalance"), RATE)
         wait_log(first, "assigned")
         time.sleep(5.0)
-        second = lab.worker(topics)
+        second = lab.worker(topics, "b")
         wait_log(second, "assigned")  # the group rebalanced: two partitions each
         time.sleep(5.0)
         code = first.stop(signal.SIGTERM)  # and again: the second takes all four
         stopped_at = time.time()  # it has exited: what follows is the second worker's
         resumed = tally.resumed(stopped_at, PARTITIONS)
         time.sleep(5.0)
-        result = result_of("two-worker rebalance", stream, tally)
+        result = result_of(lab, "two-worker rebalance", stream, tally)
         stop_all(second)
     if code != 0:
         result.problems.append(f"the stopped worker exited with {code}")
@@ -257,11 +278,22 @@ def broker_kill(lab: Lab, downtime: float = 20.0) -> Result:
         time.sleep(downtime)
         lab.broker.start()
         back_at = time.time()
-        resumed = tally.resumed(back_at, PARTITIONS, timeout=180)
+        restarted: list[str] = []
+        resumed = None
+        deadline = time.monotonic() + 180
+        while resumed is None and time.monotonic() < deadline:
+            resumed = tally.resumed(back_at, PARTITIONS, timeout=2.0)
+            if resumed is None and not worker.alive() and lab.exactly_once:
+                # What an orchestrator does with a worker that stopped itself: start it again
+                # (same instance id, so it fences its predecessor's open transaction).
+                restarted.append(stop_line(worker))
+                worker = lab.worker(topics, "a")
         time.sleep(5.0)
-        result = result_of(f"broker kill -9, {downtime:.0f} s down", stream, tally, 300)
+        result = result_of(lab, f"broker kill -9, {downtime:.0f} s down", stream, tally, 300)
         alive = worker.alive()
         code = worker.stop(signal.SIGTERM)
+    for line in restarted:
+        result.notes.append(f"the worker stopped itself and was restarted ({line})")
     if not alive:
         result.problems.append(f"the worker died (exit {code})")
     result.failover_s = [resumed] if resumed is not None else []
@@ -307,7 +339,7 @@ def poison(lab: Lab) -> Result:
     good = list(islice(images("after-poison"), 20))
     with tallied(lab.bootstrap, [topics.scores, topics.dlq]) as tally:
         stream.send([*bad.values(), *good])
-        result = result_of("poison set", stream, tally, 120)
+        result = result_of(lab, "poison set", stream, tally, 120)
         reasons = {stream.acked[where].decode(): reason for where, reason in tally.reasons.items()}
         dead = dict(tally.dead)
     result.notes.append(
@@ -341,7 +373,7 @@ def fuzzing(lab: Lab, messages: int = 5000) -> Result:
     by_key = {key: value for key, value, _ in sent}
     with tallied(lab.bootstrap, [topics.scores, topics.dlq]) as tally:
         stream.send(sent)
-        result = result_of(f"{messages:,} fuzz messages", stream, tally, 180)
+        result = result_of(lab, f"{messages:,} fuzz messages", stream, tally, 180)
         dead = dict(tally.dead)
     changed = [w for w, value in dead.items() if (value or b"") != by_key[stream.acked[w]]]
     result.notes.append(
@@ -364,7 +396,7 @@ def undeliverable(lab: Lab, messages: int = 2000) -> Result:
     stream = Stream(lab.bootstrap, topics.images)
     with tallied(lab.bootstrap, [topics.scores, topics.dlq]) as tally:
         stream.send(islice(images("refused"), messages))
-        result = result_of("undeliverable output topic", stream, tally, 180)
+        result = result_of(lab, "undeliverable output topic", stream, tally, 180)
         reasons = set(tally.reasons.values())
     result.notes.append(f"dead-letter reasons: {sorted(reasons)}")
     if reasons != {"delivery"}:
@@ -390,16 +422,68 @@ def deleted_topic(lab: Lab) -> Result:
         tally.wait_for(dict(stream.acked), 60)
         delete_topic(lab.bootstrap, topics.scores)
         stream.resume()
-        time.sleep(10.0)
-        result = result_of("output topic deleted mid-stream", stream, tally, 180)
+        restarted: list[str] = []
+        until = time.monotonic() + 40.0
+        while time.monotonic() < until:
+            time.sleep(0.5)
+            if not worker.alive() and lab.exactly_once:
+                restarted.append(stop_line(worker))  # and restarted, as an orchestrator would
+                worker = lab.worker(topics, "a", PIXELWATCH_DELIVERY_TIMEOUT="10")
+        result = result_of(lab, "output topic deleted mid-stream", stream, tally, 180)
         reasons = sorted(set(tally.reasons.values()))
+    for line in restarted:
+        result.notes.append(f"the worker stopped itself and was restarted ({line})")
     recreated = subprocess_topics(lab.bootstrap)
     result.notes.append(f"dead-letter reasons: {reasons} (delivery timeout 10 s)")
-    if topics.scores in recreated:
+    if topics.scores in recreated and restarted:
+        result.notes.append("the restarted worker created the topic again, at its start-up")
+    elif topics.scores in recreated:
         result.problems.append("the deleted topic was created again")
     if not worker.alive():
         result.problems.append("the worker died")
     stop_all(worker)
+    return result
+
+
+def stop_line(worker: WorkerProcess) -> str:
+    """A worker's exit code and the line it stopped with."""
+    lines = [x for x in worker.output().splitlines() if "data plane stopped" in x]
+    why = lines[0].split("data plane stopped: ", 1)[1][:160] if lines else "no line"
+    return f"exit {worker.process.returncode}: {why}"
+
+
+def kill_mid_transaction(lab: Lab, interval: float = 8.0) -> Result:
+    """One worker with a long commit interval is killed about a second before its next commit
+    point, with most of an interval's outputs in its open transaction; its replacement takes
+    its slot."""
+    topics = WorkerTopics()
+    knobs = {"PIXELWATCH_COMMIT_INTERVAL": str(interval)}
+    worker = lab.worker(topics, "a", **knobs)
+    wait_for_topics(lab.bootstrap, [topics.images, topics.scores, topics.dlq])
+    stream = Stream(lab.bootstrap, topics.images)
+    with tallied(lab.bootstrap, [topics.scores, topics.dlq]) as tally:
+        stream.start(images("midtxn"), RATE)
+        wait_log(worker, "assigned")
+        time.sleep(interval + 2.0)
+        # A commit becomes visible as a jump in what the tally counts: kill just before the next.
+        seen = len(tally.found(stream.acked))
+        deadline = time.monotonic() + 3 * interval
+        while len(tally.found(stream.acked)) == seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(interval - 1.0)
+        pending = stream.sent - len(tally.found(stream.acked))
+        killed_at = time.time()
+        worker.stop(signal.SIGKILL)
+        replacement = lab.worker(topics, "a", **knobs)
+        resumed = tally.resumed(killed_at, PARTITIONS)
+        time.sleep(interval)
+        result = result_of(lab, "kill -9 mid-transaction", stream, tally)
+        stop_all(replacement)
+    result.failover_s = [resumed] if resumed is not None else []
+    result.notes.append(
+        f"commit interval {interval:.0f} s; killed about 1 s before a commit point with "
+        f"{pending:,} acknowledged inputs not yet answered in a committed transaction"
+    )
     return result
 
 
@@ -418,7 +502,10 @@ SCENARIOS: Final[dict[str, Callable[[Lab], Result]]] = {
     "fuzz": fuzzing,
     "undeliverable": undeliverable,
     "deleted": deleted_topic,
+    "midtxn": kill_mid_transaction,
 }
+EXACTLY_ONCE_ONLY: Final = {"midtxn"}
+GUARANTEES: Final = ("at_least_once", "exactly_once")
 
 
 # ---- reporting ----
@@ -426,13 +513,14 @@ SCENARIOS: Final[dict[str, Callable[[Lab], Result]]] = {
 
 def markdown(results: list[Result]) -> str:
     rows = [
-        "| scenario | sent | found | lost | duplicates | failover s |",
-        "|---|---|---|---|---|---|",
+        "| scenario | guarantee | sent | found | lost | duplicates | failover s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         failover = " / ".join(f"{f:.1f}" for f in r.failover_s) or "-"
         rows.append(
-            f"| {r.scenario} | {r.sent:,} | {r.found:,} | {r.lost:,} | {r.duplicates:,} "
+            f"| {r.scenario} | {r.guarantee} | {r.sent:,} | {r.found:,} | {r.lost:,} "
+            f"| {r.duplicates:,} "
             f"| {failover} |"
         )
     return "\n".join(rows)
@@ -440,20 +528,26 @@ def markdown(results: list[Result]) -> str:
 
 def print_table(results: list[Result]) -> None:
     table = Table(title="pixelwatch fault suite")
-    for name in ("scenario", "sent", "found", "lost", "duplicates", "failover s"):
+    for name in ("scenario", "guarantee", "sent", "found", "lost", "duplicates", "failover s"):
         table.add_column(name, justify="left" if name == "scenario" else "right")
     for r in results:
         failover = " / ".join(f"{f:.1f}" for f in r.failover_s) or "-"
         table.add_row(
-            r.scenario, f"{r.sent:,}", f"{r.found:,}", f"{r.lost:,}", f"{r.duplicates:,}", failover
+            r.scenario,
+            r.guarantee,
+            f"{r.sent:,}",
+            f"{r.found:,}",
+            f"{r.lost:,}",
+            f"{r.duplicates:,}",
+            failover,
         )
     out = Console(highlight=False)
     out.print(table)
     for r in results:
         for note in r.notes:
-            out.print(f"{r.scenario}: {note}")
+            out.print(f"{r.scenario} ({r.guarantee}): {note}")
         for problem in r.problems:
-            out.print(f"[bold red]{r.scenario}: FAILED: {problem}[/]")
+            out.print(f"[bold red]{r.scenario} ({r.guarantee}): FAILED: {problem}[/]")
     out.print()
     out.print(markdown(results))
 
@@ -468,27 +562,39 @@ def ensure_model(path: Path) -> None:
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
-def run(names: list[str], workdir: Path, model: Path) -> list[Result]:
+def run(
+    names: list[str], workdir: Path, model: Path, guarantees: list[str] | None = None
+) -> list[Result]:
     ensure_model(model)
     shutil.rmtree(workdir, ignore_errors=True)  # logs of an earlier run would mix in
     workdir.mkdir(parents=True)
     results: list[Result] = []
     broker = LocalBroker(port=free_port(), data_dir=workdir / "kafka")
     with broker:
-        lab = Lab(broker, model, workdir)
-        for name in names:
-            console.print(f"[bold]{name}[/] …")
-            started = time.monotonic()
-            try:
-                result = SCENARIOS[name](lab)
-            finally:
-                lab.kill_workers()
-            console.print(
-                f"  {result.sent:,} sent, {result.lost:,} lost, {result.duplicates:,} "
-                f"duplicates ({time.monotonic() - started:.0f} s)"
-            )
-            results.append(result)
+        for guarantee in guarantees or list(GUARANTEES):
+            (workdir / guarantee).mkdir()  # each mode's worker logs apart
+            lab = Lab(broker, model, workdir / guarantee, guarantee)
+            for name in names:
+                if name in EXACTLY_ONCE_ONLY and not lab.exactly_once:
+                    continue
+                results.append(scenario(lab, name))
     return results
+
+
+def scenario(lab: Lab, name: str) -> Result:
+    console.print(f"[bold]{name}[/] ({lab.guarantee}) …")
+    started = time.monotonic()
+    try:
+        result = SCENARIOS[name](lab)
+    finally:
+        lab.kill_workers()
+    if lab.exactly_once and result.duplicates:
+        result.problems.append(f"{result.duplicates} duplicates in exactly_once")
+    console.print(
+        f"  {result.sent:,} sent, {result.lost:,} lost, {result.duplicates:,} "
+        f"duplicates ({time.monotonic() - started:.0f} s)"
+    )
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,9 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--out", type=Path, default=ROOT / "chaos-results" / "chaos.json")
     parser.add_argument("--model", type=Path, default=ROOT / "artifacts" / "chaos" / "seed.onnx")
+    parser.add_argument("--guarantee", nargs="+", choices=GUARANTEES, default=list(GUARANTEES))
     args = parser.parse_args(argv)
     workdir = args.out.parent / "work"
-    results = run(args.only, workdir, args.model)
+    results = run(args.only, workdir, args.model, args.guarantee)
     report = {
         "machine": {
             "platform": platform.platform(),
