@@ -7,11 +7,13 @@ the README).
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import os
 import shutil
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,7 +21,7 @@ import numpy as np
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from browser_harness import cards, heat, ink, js_fixed, text, wait, wait_for_cards
@@ -172,6 +174,17 @@ def test_the_page_shows_exactly_the_flagged_images_and_a_new_one_arrives_without
         worker.stop(signal.SIGTERM)
 
 
+@contextlib.asynccontextmanager
+async def page_server(feed: AnomalyFeed) -> AsyncIterator[BaseTestServer]:
+    """The worker's page and probes on a local port, showing `feed`."""
+    app = web.Application()
+    secure(app)
+    add_probe_routes(app, DataPathStatus(), 30.0)
+    add_page_routes(app, feed)
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield server
+
+
 async def test_markup_in_every_field_of_a_payload_shows_as_plain_text(
     browser: WebDriver,
 ) -> None:
@@ -185,11 +198,7 @@ async def test_markup_in_every_field_of_a_payload_shows_as_plain_text(
         detected_at="<b>bold</b> &amp; &lt;",
     )
     feed = AnomalyFeed(10, MODEL)
-    app = web.Application()
-    secure(app)
-    add_probe_routes(app, DataPathStatus(), 30.0)
-    add_page_routes(app, feed)
-    async with TestServer(app, host="127.0.0.1") as server:
+    async with page_server(feed) as server:
         feed.add_batch([orjson.dumps(hostile)], scored=1, dead_letters=0)
         await asyncio.to_thread(browser.get, str(server.make_url("/")))
         [card] = await asyncio.to_thread(wait_for_cards, browser, 1)
@@ -214,11 +223,7 @@ async def test_a_64x64_anomaly_shows_every_pixel_sharp_at_twice_its_size(
     big = dataclasses.replace(MODEL, width=side, height=side)
     message = score_message("wafer-1", pixels=board.tolist(), reconstruction=(1 - board).tolist())
     feed = AnomalyFeed(10, big)
-    app = web.Application()
-    secure(app)
-    add_probe_routes(app, DataPathStatus(), 30.0)
-    add_page_routes(app, feed)
-    async with TestServer(app, host="127.0.0.1") as server:
+    async with page_server(feed) as server:
         feed.add_batch([orjson.dumps(message)], scored=1, dead_letters=0)
         await asyncio.to_thread(browser.get, str(server.make_url("/")))
         [card] = await asyncio.to_thread(wait_for_cards, browser, 1)

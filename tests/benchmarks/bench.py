@@ -340,6 +340,18 @@ async def run_worker(
     return result
 
 
+def latency_summary(latencies: list[float], rate: float) -> dict[str, float]:
+    """p50, p99 and max of end-to-end latencies in ms, at `rate` inputs a second."""
+    values = np.asarray(latencies)
+    return {
+        "rate_per_second": rate,
+        "messages": float(len(values)),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+    }
+
+
 def paced_produce(bootstrap: str, topic: str, images: np.ndarray, rate: float) -> None:
     """Send `images` at `rate` a second (librdkafka, in ticks of 5 ms), each stamped with the
     time it is handed to the producer."""
@@ -398,14 +410,7 @@ async def latency(bootstrap: str, cfg: Config, rate: float) -> dict[str, float]:
                         latencies.append(r.timestamp - out["ts"])
     finally:
         await consumer.stop()
-    values = np.asarray(latencies)
-    return {
-        "rate_per_second": rate,
-        "messages": float(len(values)),
-        "p50_ms": float(np.percentile(values, 50)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "max_ms": float(values.max()),
-    }
+    return latency_summary(latencies, rate)
 
 
 EXACTLY_ONCE = {
@@ -466,14 +471,7 @@ async def visible_latency(
     finally:
         stop(worker)
         await consumer.stop()
-    values = np.asarray(latencies)
-    return {
-        "rate_per_second": rate,
-        "messages": float(len(values)),
-        "p50_ms": float(np.percentile(values, 50)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "max_ms": float(values.max()),
-    }
+    return latency_summary(latencies, rate)
 
 
 async def commit_trade_off(
