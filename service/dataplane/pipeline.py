@@ -129,6 +129,15 @@ def default_max_message_bytes(shape: ImageShape) -> int:
     return max(MIN_MESSAGE_LIMIT, LIMIT_IMAGES * LIMIT_BYTES_PER_PIXEL * shape.size)
 
 
+def _coordinates(message: Message) -> tuple[str, bytes]:
+    """A consumed message's default id, `topic:partition:offset`, and its `source` record
+    without the closing brace (an image of a batch adds its index)."""
+    topic = str(message.topic())
+    partition, offset = int(message.partition() or 0), int(message.offset() or 0)
+    prefix = b'{"topic":%s,"partition":%d,"offset":%d' % (orjson.dumps(topic), partition, offset)
+    return f"{topic}:{partition}:{offset}", prefix
+
+
 class BatchScorer:
     """Decodes, scores (one onnxruntime call) and encodes a batch of consumed messages."""
 
@@ -237,15 +246,10 @@ class BatchScorer:
                 result.scores.append(singles[p])
                 continue
             message = messages[p]
-            topic = str(message.topic())
-            partition, offset = int(message.partition() or 0), int(message.offset() or 0)
-            source = b'{"topic":%s,"partition":%d,"offset":%d}' % (
-                orjson.dumps(topic),
-                partition,
-                offset,
-            )
-            key = message.key() or f"{topic}:{partition}:{offset}".encode()
-            record = self._encoder.message(source, grouped.get(p, []), sorted(dead.get(p, [])))
+            default_id, prefix = _coordinates(message)
+            key = message.key() or default_id.encode()
+            verdicts, dead_here = grouped.get(p, []), sorted(dead.get(p, []))
+            record = self._encoder.message(prefix + b"}", verdicts, dead_here)
             result.scores.append((key, record))
 
     def _dead(self, messages: Sequence[Message], reject: Reject) -> DeadLetter:
@@ -304,18 +308,8 @@ class BatchScorer:
             known = where.get(position)
             if known is None:
                 message = messages[position]
-                topic = str(message.topic())
-                partition, offset = int(message.partition() or 0), int(message.offset() or 0)
-                prefix = b'{"topic":%s,"partition":%d,"offset":%d' % (
-                    orjson.dumps(topic),
-                    partition,
-                    offset,
-                )
-                known = where[position] = (
-                    f"{topic}:{partition}:{offset}",
-                    prefix,
-                    message.timestamp()[1],
-                )
+                default_id, prefix = _coordinates(message)
+                known = where[position] = (default_id, prefix, message.timestamp()[1])
             default_id, prefix, kafka_ts = known
             index = decoded.index[row]
             ident = decoded.ids[row]
@@ -337,9 +331,13 @@ class BatchScorer:
                     ident_json, flagged, numbers[row], decoded.pixels[row],
                     scored.reconstruction[row], source, ts, detected_at,
                 )  # fmt: skip
-            if scores_format == "compact" or (flagged and anomalies_format == "compact"):
+            grouped_image = group and index != WHOLE
+            # A grouped image's scores record is its verdict, not a compact record.
+            if (scores_format == "compact" and not grouped_image) or (
+                flagged and anomalies_format == "compact"
+            ):
                 compact = encoder.compact(ident_json, flagged, numbers[row], source, ts)
-            if group and index != WHOLE:
+            if grouped_image:
                 verdict = encoder.verdict(ident_json, index, flagged, numbers[row], ts)
                 grouped.setdefault(position, []).append(verdict)
             elif group:
