@@ -13,10 +13,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -26,6 +25,7 @@ from model_fixtures import SEED_TEST
 from service.kafka.broker import KAFKA_VERSION, free_port
 from worker_harness import (
     REPO,
+    WorkerProcess,
     WorkerTopics,
     assert_readme_states,
     broker_command_until_ready,
@@ -186,64 +186,43 @@ async def test_broker_resolves_its_jars_into_an_empty_cache_and_stops_on_ctrl_c(
     assert (outside / ".kafka" / "data").is_dir(), "the data dir is relative to the cwd"
 
 
-class InstalledWorker:
-    def __init__(self, venv: Path, cwd: Path, env: Mapping[str, str]) -> None:
-        self.port = env["PIXELWATCH_METRICS_PORT"]
-        self.log = cwd / "worker.log"
-        self._out = self.log.open("wb")
-        self.process = subprocess.Popen(
-            [str(venv / "bin" / "pixelwatch"), "worker"],
-            cwd=cwd,
-            env=clean_env(**env),
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def get(self, path: str) -> tuple[int, str, bytes]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
-            return response.status, response.headers.get("Content-Type", ""), response.read()
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, f"the worker exited: {self.output()}"
-            try:
-                if self.get("/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"not ready: {self.output()}"
-            time.sleep(0.3)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+def get(worker: WorkerProcess, path: str) -> tuple[int, str, bytes]:
+    url = f"http://127.0.0.1:{worker.env['PIXELWATCH_METRICS_PORT']}{path}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.headers.get("Content-Type", ""), response.read()
 
 
 @pytest.fixture
 def installed_worker(
     venv: Path, outside: Path, kafka_bootstrap: str, seed_model_path: Path
-) -> Iterator[tuple[InstalledWorker, WorkerTopics, str]]:
+) -> Iterator[tuple[WorkerProcess, WorkerTopics, str]]:
     topics = WorkerTopics()
     env = worker_env(kafka_bootstrap, topics, seed_model_path, outside / "state")
-    worker = InstalledWorker(venv, outside, env)
+    worker = WorkerProcess(
+        env,
+        outside / "worker.log",
+        command=[str(venv / "bin" / "pixelwatch")],
+        cwd=outside,
+        base_env=clean_env(),
+    )
     try:
         yield worker, topics, kafka_bootstrap
     finally:
-        if worker.process.poll() is None:
+        if worker.alive():
             worker.process.kill()
             worker.process.wait()
 
 
 @pytest.mark.kafka
 async def test_installed_worker_is_ready_serves_its_page_and_scores_a_message(
-    venv: Path, outside: Path, installed_worker: tuple[InstalledWorker, WorkerTopics, str]
+    venv: Path, outside: Path, installed_worker: tuple[WorkerProcess, WorkerTopics, str]
 ) -> None:
     worker, topics, bootstrap = installed_worker
-    await asyncio.to_thread(worker.wait_ready)
-    status, kind, page = worker.get("/")
+    await asyncio.to_thread(worker.wait_serving, 180, "/ready")
+    status, kind, page = get(worker, "/")
     assert status == 200 and kind.startswith("text/html") and b"<html" in page.lower()
     for static in ("/static/app.js", "/static/style.css"):
-        status, _, body = worker.get(static)
+        status, _, body = get(worker, static)
         assert status == 200 and body, static
     images = outside / "seed_test.txt"
     images.write_bytes(SEED_TEST.read_bytes())
@@ -266,9 +245,8 @@ async def test_installed_worker_is_ready_serves_its_page_and_scores_a_message(
         [topics.scores, topics.anomalies],
         lambda r: len(r[topics.scores]) >= 4 and len(r[topics.anomalies]) >= 1,
         timeout=120,
-        alive=lambda: worker.process.poll() is None,
+        alive=worker.alive,
     )
     [anomaly] = [json.loads(r.value) for r in records[topics.anomalies]]
     assert anomaly["id"] == "installed-2", anomaly  # the corners image, the third of four
-    worker.process.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(worker.process.wait, 90) == 0, worker.output()
+    assert await asyncio.to_thread(worker.stop, signal.SIGTERM, 90) == 0, worker.output()

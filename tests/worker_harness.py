@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -74,13 +74,25 @@ class WorkerTopics:
 class WorkerProcess:
     """`pixelwatch worker` in a subprocess; its output goes to a log file for diagnosis."""
 
-    def __init__(self, env: dict[str, str], log: Path, args: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        args: Iterable[str] = (),
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "service.cli"),
+        cwd: Path | None = None,
+        base_env: Mapping[str, str] = os.environ,
+    ) -> None:
+        """`command` runs pixelwatch (an installed one: its `pixelwatch` script); `env` is
+        added to `base_env`."""
         self.env = env
         self.log = log
         self._handle = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker", *args],
-            env={**os.environ, **env},
+            [*command, "worker", *args],
+            cwd=cwd,
+            env={**base_env, **env},
             stdout=self._handle,
             stderr=subprocess.STDOUT,
         )
@@ -97,10 +109,11 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def wait_serving(self, timeout: float = 60.0) -> None:
-        """Wait until the worker runs: its HTTP port answers /healthz (a signal before that
-        meets an interpreter still importing, which dies of it)."""
-        url = f"http://127.0.0.1:{self.env['PIXELWATCH_METRICS_PORT']}/healthz"
+    def wait_serving(self, timeout: float = 60.0, path: str = "/healthz") -> None:
+        """Wait until the worker runs: its HTTP port answers `path` (/healthz: a signal
+        before that meets an interpreter still importing, which dies of it; /ready: it also
+        holds partitions)."""
+        url = f"http://127.0.0.1:{self.env['PIXELWATCH_METRICS_PORT']}{path}"
         deadline = time.monotonic() + timeout
         while True:
             assert self.alive(), f"the worker exited: {self.output()[-2000:]}"
