@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=default.lr)
     parser.add_argument("--seed", type=int, default=default.seed, metavar="N")
     parser.add_argument(
+        "--memory-size",
+        type=int,
+        default=default.memory_size,
+        metavar="N",
+        help="codes the architectures' scoring graphs store at most, as train's --memory-size "
+        "(default: %(default)s; the defaults row keeps train's own)",
+    )
+    parser.add_argument(
         "--size",
         type=int,
         default=default.size,
@@ -193,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             defaults=not args.no_defaults,
             size=args.size,
+            memory_size=args.memory_size,
         )
         if args.jobs < 1:
             raise ProtocolError("--jobs must be >= 1")

@@ -42,6 +42,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from model_export.architectures import ARCHITECTURES
 from model_export.digits.baselines import BASELINES
 from model_export.export import scoring_graph
+from model_export.memory import DEFAULT_CODES, MemorySettings
 from model_export.train import FitSettings, one_thread, train
 from service.errors import PixelwatchError
 from service.progress import progress_bar
@@ -87,6 +88,7 @@ class Protocol:
     seed: int = 0
     defaults: bool = True  # a "defaults" row: `pixelwatch train --data ... --mode ...` alone
     size: int = SHAPE.width  # images upscaled to size x size (8: the digits as they are)
+    memory_size: int = DEFAULT_CODES  # codes the scoring graph stores at most (train's default)
 
     def __post_init__(self) -> None:
         if not self.protocols or set(self.protocols) - set(PROTOCOLS):
@@ -112,6 +114,8 @@ class Protocol:
             raise ProtocolError("--lr must be a positive number")
         if not 0 <= self.seed < 1000:
             raise ProtocolError("--seed must be between 0 and 999")
+        if self.memory_size < 1:
+            raise ProtocolError("--memory-size must be >= 1")
         if not SHAPE.width <= self.size <= MAX_SIZE:
             raise ProtocolError(f"--size must be between {SHAPE.width} and {MAX_SIZE}")
 
@@ -280,6 +284,7 @@ class Task:
     settings: FitSettings
     params: dict[str, int]
     size: int = SHAPE.width
+    memory_size: int = DEFAULT_CODES
 
 
 def run_autoencoder(task: Task) -> list[Run]:
@@ -296,7 +301,10 @@ def run_autoencoder(task: Task) -> list[Run]:
         shape = ImageShape(task.size, task.size)
         trained = train(task.arch, shape, task.params, train_pixels, task.settings)
         elapsed = time.perf_counter() - start
-        graph = scoring_graph(trained.autoencoder, model_mode(task.mode), train_pixels)
+        memory = MemorySettings(codes=task.memory_size)
+        graph = scoring_graph(
+            trained.autoencoder, model_mode(task.mode), train_pixels, settings=memory
+        )
         with torch.no_grad():
             scoring = time.perf_counter()
             _, *similarities = graph(torch.from_numpy(data[task.split.test]))
@@ -380,6 +388,7 @@ def run_protocol(protocol: Protocol, *, jobs: int = 1, progress: bool = False) -
             _seeded(settings, s.seed, protocol.epochs_for(s.protocol)),
             protocol.params_for(s.protocol),
             protocol.size,
+            protocol.memory_size,
         )
         for arch in protocol.archs
         for mode in protocol.modes

@@ -17,6 +17,7 @@ from model_export.digits.protocol import (
     ProtocolName,
     Run,
 )
+from model_export.memory import DEFAULT_CODES
 from service.scoring.similarity import RECONSTRUCTION_METRICS
 
 PRECISION: Final = 4  # decimals compared when deciding "beats" / "matches"
@@ -42,7 +43,9 @@ def title(kind: ProtocolName, protocol: Protocol) -> str:
     sizes = f"code size {code}" if code else "default sizes"
     epochs = protocol.epochs_for(kind)
     images = f", {protocol.size}x{protocol.size} images" if protocol.size != 8 else ""
-    return f"{TITLES[kind]} ({sizes}, {epochs} epoch{'s' if epochs != 1 else ''}{images})"
+    codes = protocol.memory_size
+    bank = f", memory bank of {codes}" if codes != DEFAULT_CODES else ""
+    return f"{TITLES[kind]} ({sizes}, {epochs} epoch{'s' if epochs != 1 else ''}{images}{bank})"
 
 
 @dataclass(frozen=True)
