@@ -1,7 +1,7 @@
 """The `auto` defaults of `pixelwatch train`: architecture, code size and metric from the data.
 
-The rule (`pixelwatch train --help` and the README say the same); a flag given always wins,
-only what is left `auto` is chosen:
+The rule (`pixelwatch train --help` and docs/training.md say the same); a flag given always
+wins, only what is left `auto` is chosen:
 
 - Fewer than `MANY_IMAGES` images (the course trains on two): the course's model, `dense`
   with its own sizes (code 4) and the `hamming` metric. The course's demo is unchanged.
@@ -19,7 +19,7 @@ only what is left `auto` is chosen:
 `likeness` is the mean cosine similarity between each image and the mean image, both
 thresholded at 0.5 (the course's ink): images of one kind share their strokes, so each is
 close to their mean; images of many kinds average to a blur that is close to none. It is
-measured on the normal training images only. On the digits benchmark (README, *The
+measured on the normal training images only. On the digits benchmark (docs/benchmarks.md, *The
 defaults*) one digit's images measure 0.82 to 0.89 and nine digits' 0.76 to 0.78, in gray
 and binary mode, at 8x8 and upscaled to 28x28, and with only 125 images of the nine
 digits; `ONE_KIND_LIKENESS` lies in that gap. The image count cannot tell the two apart:
