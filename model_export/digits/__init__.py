@@ -20,6 +20,9 @@ The protocols (docs/benchmarks.md ("Detection quality") explains the choices):
   similarity. The baselines (`baselines`) fit and score the same images.
 - AUROC per run (scikit-learn); the tables show the mean over digits and repetitions, and
   the standard deviation of the per-repetition means.
+- `--size N`: the same digits upscaled to NxN (bilinear), e.g. 28 as MNIST, no download.
+- Every run also records its scoring time per test image (`score_us`), so that the cost of
+  kNN in pixel space and of the memory bank can be compared as the images grow.
 
 Modules: `protocol` (data, splits, the runs), `baselines` (the classical detectors), `table`
 (summaries, targets, markdown), `command` (the command line), `memory_cost` (graph size and
