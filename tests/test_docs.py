@@ -21,8 +21,8 @@ README_MAX_LINES: Final = 200
 RESULTS_FILES: Final = {
     "bench-results/bench.json": "make bench",
     "chaos-results/chaos.json": "make chaos",
-    "artifacts/eval-digits-defaults/results.json": (
-        "make eval-digits DIGITS_OUT=artifacts/eval-digits-defaults"
+    "artifacts/eval-digits-defaults-2/results.json": (
+        "make eval-digits DIGITS_OUT=artifacts/eval-digits-defaults-2"
     ),
 }
 
