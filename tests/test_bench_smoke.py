@@ -130,3 +130,12 @@ def test_an_unknown_name_for_only_is_refused_with_the_choices(
         main(["--only", "worker,wroker"])
     error = capsys.readouterr().err
     assert "unknown wroker" in error and "worker_exactly_once" in error
+
+
+def test_bench_only_in_the_environment_picks_the_subset_as_only_does(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCH_ONLY", "wroker")
+    with pytest.raises(SystemExit):
+        main([])
+    assert "unknown wroker" in capsys.readouterr().err

@@ -9,7 +9,7 @@ in-process (own_cost.py) against plain JSON decoding and encoding of the same me
 
     PYTHONPATH=tests python -m benchmarks.bench [--messages 200000] [--out bench-results/bench.json]
 
-A subset, to compare two contenders within one run (`--only`, or PIXELWATCH_BENCH_ONLY):
+A subset, to compare two contenders within one run (`--only`, or BENCH_ONLY):
 
     PYTHONPATH=tests python -m benchmarks.bench --only worker,worker_exactly_once \
         --out bench-results/subset.json
@@ -792,10 +792,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
     parser.add_argument(
         "--only",
-        default=os.environ.get("PIXELWATCH_BENCH_ONLY"),
+        # Not PIXELWATCH_-prefixed: the workers it spawns inherit the environment and refuse
+        # a PIXELWATCH_ variable that is not one of their settings.
+        default=os.environ.get("BENCH_ONLY"),
         metavar="NAME,...",
         help="run only these contenders and sections, comma-separated (default: "
-        "$PIXELWATCH_BENCH_ONLY, or all). Contenders: "
+        "$BENCH_ONLY, or all). Contenders: "
         + ", ".join(CONTENDERS)
         + "; sections: "
         + ", ".join(SECTIONS)
