@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -589,6 +590,7 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     grouped = results["worker_binary_grouped"].per_second
     window_ms = Settings().batch_window * 1000
     return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
