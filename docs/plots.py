@@ -11,6 +11,7 @@ line naming the target that writes it; a malformed one stops with a one-line err
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 REPO: Final = Path(__file__).resolve().parents[1]
 DEFAULT_OUT: Final = REPO / "docs" / "plots"
@@ -62,8 +64,10 @@ def run_line(report: dict[str, Any], path: Path, target: str) -> str:
 
 
 def finish(fig: Figure, caption: str, out: Path, right: float = 1.0) -> Path:
-    fig.text(0.01, 0.01, caption, fontsize=7, color="#555555", ha="left", va="bottom")
-    fig.tight_layout(rect=(0, 0.04, right, 1))
+    # About 17 characters of 7-point text per inch of figure.
+    lines = textwrap.wrap(caption, width=int(fig.get_figwidth() * 17))
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="#555555", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.02 + 0.13 * len(lines) / fig.get_figheight(), right, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, metadata={"Description": caption, "Software": "pixelwatch"})
     plt.close(fig)
@@ -80,8 +84,13 @@ def throughput(report: dict[str, Any], caption: str, out_dir: Path) -> list[Path
     for y, rate in enumerate(rates):
         ax.text(rate, y, f" {rate:,.0f}", va="center", fontsize=8)
     ax.set_xlabel("outputs per second (binary contenders: images per second)")
-    ax.set_title(f"Throughput by contender ({int(report['config']['messages']):,} messages)")
+    config = report["config"]
+    title = f"Throughput by contender\n({int(config['messages']):,} messages"
+    if "faust_messages" in config:
+        title += f"; faust contenders {int(config['faust_messages']):,}"
+    ax.set_title(title + ")")
     ax.set_xlim(0, max(rates) * 1.18)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     return [finish(fig, caption, out_dir / "throughput.png")]
 
 

@@ -3,6 +3,7 @@ the shape `make bench`, `make chaos` and `make eval-digits` write; each picture 
 run's date, machine and load and the file it comes from."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,10 @@ def test_a_results_file_of_another_shape_stops_with_one_line(tmp_path: Path) -> 
     assert (
         broken.returncode == 2 and "chaos.json: not a readable JSON results file" in broken.stderr
     )
+
+
+def test_the_benchmarks_page_shows_every_committed_plot_and_no_other() -> None:
+    page = (REPO / "docs" / "benchmarks.md").read_text()
+    shown = sorted(re.findall(r"\]\(plots/([\w-]+\.png)\)", page))
+    assert shown, "the Benchmarks page shows no plot"
+    assert shown == sorted(p.name for p in (REPO / "docs" / "plots").glob("*.png"))
