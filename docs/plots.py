@@ -149,7 +149,13 @@ def chaos(report: dict[str, Any], caption: str, out_dir: Path) -> list[Path]:
                 dup_ax.text(d, y, f" {d:,}", va="center", fontsize=7)
         for y, s in zip(ys, scenarios, strict=True):
             failovers = by.get((s, guarantee), {}).get("failover_s") or []
-            fail_ax.scatter(failovers, [y] * len(failovers), color=colour, s=18)
+            fail_ax.scatter(
+                failovers,
+                [y] * len(failovers),
+                color=colour,
+                s=18,
+                label=guarantee if y == ys[0] else None,
+            )
     for ax in (dup_ax, fail_ax):
         ax.set_yticks(range(len(scenarios)), scenarios if ax is dup_ax else [""] * len(scenarios))
         ax.invert_yaxis()
@@ -159,6 +165,8 @@ def chaos(report: dict[str, Any], caption: str, out_dir: Path) -> list[Path]:
     fail_ax.set_xlabel("failover, s (one point per fault)")
     fail_ax.set_title("Failover by scenario")
     fail_ax.set_xlim(left=0)
+    fail_ax.legend(fontsize=7, loc="lower right")
+    fail_ax.grid(axis="x", alpha=0.3)
     return [finish(fig, caption, out_dir / "chaos.png")]
 
 
