@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,6 +50,7 @@ def as_json(
     usage: dict[str, Any],
 ) -> dict[str, Any]:
     return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "protocol": asdict(protocol),
         "environment": {
             "python": platform.python_version(),
