@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench import Config, bench, ensure_model, main, selected
+from benchmarks.bench import Config, bench, ensure_model, main, results_file, selected
 from service.scoring.model import load_model
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -139,3 +139,8 @@ def test_bench_only_in_the_environment_picks_the_subset_as_only_does(
     with pytest.raises(SystemExit):
         main([])
     assert "unknown wroker" in capsys.readouterr().err
+
+
+def test_a_partial_run_writes_its_own_file_and_leaves_the_full_runs_alone() -> None:
+    assert results_file(None).name == "bench.json"
+    assert results_file(frozenset({"worker"})).name == "bench-only.json"
