@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,8 +50,10 @@ def as_json(
     usage: dict[str, Any],
 ) -> dict[str, Any]:
     return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "protocol": asdict(protocol),
         "environment": {
+            "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "scikit-learn": sklearn.__version__,

@@ -8,6 +8,11 @@ are the result: they hold across machines. The data path's own cost per message 
 in-process (own_cost.py) against plain JSON decoding and encoding of the same messages.
 
     PYTHONPATH=tests python -m benchmarks.bench [--messages 200000] [--out bench-results/bench.json]
+
+A subset, to compare two contenders within one run (`--only`, or BENCH_ONLY), written to
+bench-results/bench-only.json unless --out says otherwise:
+
+    PYTHONPATH=tests python -m benchmarks.bench --only worker,worker_exactly_once
 """
 
 import argparse
@@ -20,10 +25,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -66,6 +73,8 @@ class Config:
         default_factory=lambda: {"PIXELWATCH_BATCH_SIZE": "2000", "PIXELWATCH_BATCH_WINDOW": "0.1"}
     )
     timeout: float = 600.0
+    # The contenders and sections to run (CONTENDERS, SECTIONS); None: all of them.
+    only: frozenset[str] | None = None
 
 
 @dataclass
@@ -516,9 +525,10 @@ def ensure_model(path: Path, seed: int = 0) -> None:
 
 
 async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
+    wanted = selected(cfg.only)
     ensure_model(cfg.model)
     candidate = cfg.candidate or cfg.workdir / "candidate.onnx"
-    if cfg.candidate is None:
+    if cfg.candidate is None and "shadow_cost" in wanted:
         ensure_model(candidate, seed=1)
     run = uuid.uuid4().hex[:8]
     source, faust_source, binary_source = (f"bench-{k}-{run}" for k in ("in", "faust", "bits"))
@@ -526,69 +536,74 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     console.print(f"producing {cfg.messages} messages over {cfg.partitions} partitions…")
     images = make_images(cfg.messages, cfg.anomalous_share)
     await produce_images(bootstrap, source, images, "img-")
-    await produce_images(bootstrap, faust_source, images[: cfg.faust_messages], "img-")
-    per = cfg.images_per_message
-    await produce_images(bootstrap, binary_source, images, "bin-", fmt="bits", per_message=per)
+    if any(name.startswith("faust_agent") for name in wanted):
+        await produce_images(bootstrap, faust_source, images[: cfg.faust_messages], "img-")
+    if any(name.startswith("worker_binary") for name in wanted):
+        await produce_images(
+            bootstrap, binary_source, images, "bin-", fmt="bits", per_message=cfg.images_per_message
+        )
 
+    per = cfg.images_per_message
+    messages = -(-cfg.messages // per)
+    flagged = int(load_model(cfg.model).score(images).anomaly.sum())
+    faust = (faust_source, cfg.faust_messages, cfg)
+    # Every throughput contender, in the order they run; `--only` picks some of them.
+    contenders: dict[str, Callable[[], Awaitable[Throughput]]] = {
+        "librdkafka": lambda: run_contender("librdkafka", bootstrap, source, cfg.messages, cfg),
+        "aiokafka": lambda: run_contender("aiokafka", bootstrap, source, cfg.messages, cfg),
+        "faust_agent": lambda: run_contender("faust_agent", bootstrap, *faust),
+        # The two cheap tries at a faster faust: its per-event bookkeeping left out, and (to
+        # see what the compiled stream iterator, on by default, already gives) that iterator off.
+        "faust_agent_quiet_monitor": lambda: run_contender(
+            "faust_agent",
+            bootstrap,
+            *faust,
+            label="faust_agent_quiet_monitor",
+            args=("--quiet-monitor",),
+        ),
+        "faust_agent_no_cython": lambda: run_contender(
+            "faust_agent", bootstrap, *faust, label="faust_agent_no_cython", env={"NO_CYTHON": "1"}
+        ),
+        "worker": lambda: run_worker("worker", bootstrap, source, cfg, {}),
+        "worker_exactly_once": lambda: run_worker(
+            "worker_exactly_once", bootstrap, source, cfg, EXACTLY_ONCE
+        ),
+        "worker_tuned": lambda: run_worker("worker_tuned", bootstrap, source, cfg, cfg.tuned),
+        "worker_x2": lambda: run_worker("worker_x2", bootstrap, source, cfg, {}, workers=2),
+        "worker_binary": lambda: run_worker(
+            "worker_binary", bootstrap, binary_source, cfg, {}, expected=cfg.messages
+        ),
+        # The same, answering only the anomalies (scores topic off): producing one record per
+        # image, not scoring, is then no longer what bounds the rate.
+        "worker_binary_anomalies_only": lambda: run_worker(
+            "worker_binary_anomalies_only",
+            bootstrap,
+            binary_source,
+            cfg,
+            {"PIXELWATCH_SCORES_ENABLED": "false"},
+            expected=flagged,
+            sink="anomalies",
+            images=cfg.messages,
+        ),
+        # One scores record per message of `per` images (PIXELWATCH_SCORES_GROUPING=message).
+        "worker_binary_grouped": lambda: run_worker(
+            "worker_binary_grouped",
+            bootstrap,
+            binary_source,
+            cfg,
+            {"PIXELWATCH_SCORES_GROUPING": "message"},
+            expected=messages,
+            images=cfg.messages,
+        ),
+    }
+    wanted = selected(cfg.only)
     results: dict[str, Throughput] = {}
     console.print("throughput:")
-    results["librdkafka"] = await run_contender("librdkafka", bootstrap, source, cfg.messages, cfg)
-    results["aiokafka"] = await run_contender("aiokafka", bootstrap, source, cfg.messages, cfg)
-    results["faust_agent"] = await run_contender(
-        "faust_agent", bootstrap, faust_source, cfg.faust_messages, cfg
-    )
-    # The two cheap tries at a faster faust: its per-event bookkeeping left out, and (to see
-    # what the compiled stream iterator, on by default, already gives) that iterator off.
-    results["faust_agent_quiet_monitor"] = await run_contender(
-        "faust_agent", bootstrap, faust_source, cfg.faust_messages, cfg,
-        label="faust_agent_quiet_monitor", args=("--quiet-monitor",),
-    )  # fmt: skip
-    results["faust_agent_no_cython"] = await run_contender(
-        "faust_agent", bootstrap, faust_source, cfg.faust_messages, cfg,
-        label="faust_agent_no_cython", env={"NO_CYTHON": "1"},
-    )  # fmt: skip
-    results["worker"] = await run_worker("worker", bootstrap, source, cfg, {})
-    results["worker_exactly_once"] = await run_worker(
-        "worker_exactly_once", bootstrap, source, cfg, EXACTLY_ONCE
-    )
-    results["worker_tuned"] = await run_worker("worker_tuned", bootstrap, source, cfg, cfg.tuned)
-    results["worker_x2"] = await run_worker("worker_x2", bootstrap, source, cfg, {}, workers=2)
-    results["worker_binary"] = await run_worker(
-        "worker_binary", bootstrap, binary_source, cfg, {}, expected=cfg.messages
-    )
-    # The same, answering only the anomalies (scores topic off): producing one record per
-    # image, not scoring, is then no longer what bounds the rate.
-    flagged = int(load_model(cfg.model).score(images).anomaly.sum())
-    results["worker_binary_anomalies_only"] = await run_worker(
-        "worker_binary_anomalies_only", bootstrap, binary_source, cfg,
-        {"PIXELWATCH_SCORES_ENABLED": "false"},
-        expected=flagged, sink="anomalies", images=cfg.messages,
-    )  # fmt: skip
-    # One scores record per message of `per` images (PIXELWATCH_SCORES_GROUPING=message).
-    messages = -(-cfg.messages // per)
-    results["worker_binary_grouped"] = await run_worker(
-        "worker_binary_grouped", bootstrap, binary_source, cfg,
-        {"PIXELWATCH_SCORES_GROUPING": "message"}, expected=messages, images=cfg.messages,
-    )  # fmt: skip
-    console.print("latency at 50% of the worker's throughput…")
-    lat = await latency(bootstrap, cfg, 0.5 * results["worker"].per_second)
-    console.print("latency to a read_committed reader, by guarantee and commit interval…")
-    visible = await commit_trade_off(bootstrap, source, cfg, 0.5 * results["worker"].per_second)
-    console.print("own cost per message, in-process…")
-    own = own_cost(load_model(cfg.model))
-    console.print("shadow scoring and memory-bank cost, in-process…")
-    from benchmarks.shadow_cost import shadow_cost  # it reuses this module's images
-
-    shadow = shadow_cost(cfg.model, candidate, batches=cfg.cost_batches)
-    memory = measure_memory_cost(cfg.memory_sizes, (1, 64, 500))
-
-    worker = results["worker"].per_second
-    limit = results["librdkafka"].per_second
-    binary = results["worker_binary"].per_second
-    binary_quiet = results["worker_binary_anomalies_only"].per_second
-    grouped = results["worker_binary_grouped"].per_second
-    window_ms = Settings().batch_window * 1000
-    return {
+    for name, run_one in contenders.items():
+        if name in wanted:
+            results[name] = await run_one()
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -604,41 +619,116 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
         },
         "config": {k: str(v) for k, v in asdict(cfg).items()},
         "throughput": {k: asdict(v) for k, v in results.items()},
-        "latency": lat,
-        "commit_interval_trade_off": visible,
-        "own_cost": own,
-        "shadow_cost": shadow,
-        "memory_bank_cost": [asdict(point) for point in memory],
-        "ratios": {
-            "worker/librdkafka": worker / limit,
-            "worker/aiokafka": worker / results["aiokafka"].per_second,
-            "worker_exactly_once/worker": results["worker_exactly_once"].per_second / worker,
-            "worker/faust_agent": worker / results["faust_agent"].per_second,
-            "faust_agent_quiet_monitor/faust_agent": results["faust_agent_quiet_monitor"].per_second
-            / results["faust_agent"].per_second,
-            "faust_agent_no_cython/faust_agent": results["faust_agent_no_cython"].per_second
-            / results["faust_agent"].per_second,
-            "worker_tuned/librdkafka": results["worker_tuned"].per_second / limit,
-            "worker_x2/worker": results["worker_x2"].per_second / worker,
-            "binary images/librdkafka messages": binary / limit,
-            "binary images (anomalies only)/librdkafka messages": binary_quiet / limit,
-            "binary images (scores grouped by message)/librdkafka messages": grouped / limit,
-            "own cost/plain JSON round trip": own["json_us"] / own["baseline_us"],
-            "with a shadow/without": shadow["ratio"],
-        },
-        "targets": {
-            "worker/librdkafka >= 0.5": worker / limit >= 0.5,
-            "worker/faust_agent >= 10": worker / results["faust_agent"].per_second >= 10,
-            "worker_exactly_once/worker >= 0.8": results["worker_exactly_once"].per_second / worker
-            >= 0.8,
-            "binary images/librdkafka messages >= 2 (scores on)": binary / limit >= 2,
-            "binary images/librdkafka messages >= 2 (anomalies only)": binary_quiet / limit >= 2,
-            "binary images/librdkafka messages >= 5 (scores grouped)": grouped / limit >= 5,
-            f"p99 <= window + 25 ms ({window_ms + 25:.0f} ms)": lat["p99_ms"] <= window_ms + 25,
-            "peak RSS <= 300 MB": (results["worker"].peak_rss_mb or 0) <= 300,
-            "own cost <= 6 us per JSON message": own["json_us"] <= 6.0,
-        },
     }
+    # The latency runs go at half the worker's throughput in this run.
+    rate = 0.5 * results["worker"].per_second if "worker" in results else 0.0
+    if "latency" in wanted:
+        console.print("latency at 50% of the worker's throughput…")
+        report["latency"] = await latency(bootstrap, cfg, rate)
+    if "commit_interval_trade_off" in wanted:
+        console.print("latency to a read_committed reader, by guarantee and commit interval…")
+        report["commit_interval_trade_off"] = await commit_trade_off(bootstrap, source, cfg, rate)
+    if "own_cost" in wanted:
+        console.print("own cost per message, in-process…")
+        report["own_cost"] = own_cost(load_model(cfg.model))
+    if "shadow_cost" in wanted:
+        console.print("shadow scoring cost, in-process…")
+        from benchmarks.shadow_cost import shadow_cost  # it reuses this module's images
+
+        report["shadow_cost"] = shadow_cost(cfg.model, candidate, batches=cfg.cost_batches)
+    if "memory_bank_cost" in wanted:
+        console.print("memory-bank cost, in-process…")
+        points = measure_memory_cost(cfg.memory_sizes, (1, 64, 500))
+        report["memory_bank_cost"] = [asdict(point) for point in points]
+    report["ratios"], report["targets"] = ratios_and_targets(report)
+    return report
+
+
+SECTIONS: Final = (
+    "latency",
+    "commit_interval_trade_off",
+    "own_cost",
+    "shadow_cost",
+    "memory_bank_cost",
+)
+CONTENDERS: Final = (
+    "librdkafka", "aiokafka", "faust_agent", "faust_agent_quiet_monitor", "faust_agent_no_cython",
+    "worker", "worker_exactly_once", "worker_tuned", "worker_x2", "worker_binary",
+    "worker_binary_anomalies_only", "worker_binary_grouped",
+)  # fmt: skip
+
+
+def selected(only: frozenset[str] | None) -> frozenset[str]:
+    """What a run measures: everything, or the named contenders and sections (the latency
+    sections run at half the worker's rate, so they bring the `worker` contender along)."""
+    if only is None:
+        return frozenset(CONTENDERS + SECTIONS)
+    unknown = only - set(CONTENDERS) - set(SECTIONS)
+    if unknown:
+        raise ValueError(
+            f"--only: unknown {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(CONTENDERS + SECTIONS)}"
+        )
+    if only & {"latency", "commit_interval_trade_off"}:
+        return only | {"worker"}
+    return only
+
+
+def ratios_and_targets(report: dict[str, Any]) -> tuple[dict[str, float], dict[str, bool]]:
+    """The ratios and targets whose measurements are in `report` (all of them in a full run)."""
+    rate = {k: v["per_second"] for k, v in report["throughput"].items()}
+    pairs = {
+        "worker/librdkafka": ("worker", "librdkafka"),
+        "worker/aiokafka": ("worker", "aiokafka"),
+        "worker_exactly_once/worker": ("worker_exactly_once", "worker"),
+        "worker/faust_agent": ("worker", "faust_agent"),
+        "faust_agent_quiet_monitor/faust_agent": ("faust_agent_quiet_monitor", "faust_agent"),
+        "faust_agent_no_cython/faust_agent": ("faust_agent_no_cython", "faust_agent"),
+        "worker_tuned/librdkafka": ("worker_tuned", "librdkafka"),
+        "worker_x2/worker": ("worker_x2", "worker"),
+        "binary images/librdkafka messages": ("worker_binary", "librdkafka"),
+        "binary images (anomalies only)/librdkafka messages": (
+            "worker_binary_anomalies_only",
+            "librdkafka",
+        ),
+        "binary images (scores grouped by message)/librdkafka messages": (
+            "worker_binary_grouped",
+            "librdkafka",
+        ),
+    }
+    ratios = {name: rate[a] / rate[b] for name, (a, b) in pairs.items() if a in rate and b in rate}
+    if "own_cost" in report:
+        own = report["own_cost"]
+        ratios["own cost/plain JSON round trip"] = own["json_us"] / own["baseline_us"]
+    if "shadow_cost" in report:
+        ratios["with a shadow/without"] = report["shadow_cost"]["ratio"]
+    thresholds = {
+        "worker/librdkafka >= 0.5": ("worker/librdkafka", 0.5),
+        "worker/faust_agent >= 10": ("worker/faust_agent", 10.0),
+        "worker_exactly_once/worker >= 0.8": ("worker_exactly_once/worker", 0.8),
+        "binary images/librdkafka messages >= 2 (scores on)": (
+            "binary images/librdkafka messages",
+            2.0,
+        ),
+        "binary images/librdkafka messages >= 2 (anomalies only)": (
+            "binary images (anomalies only)/librdkafka messages",
+            2.0,
+        ),
+        "binary images/librdkafka messages >= 5 (scores grouped)": (
+            "binary images (scores grouped by message)/librdkafka messages",
+            5.0,
+        ),
+    }
+    targets = {name: ratios[r] >= t for name, (r, t) in thresholds.items() if r in ratios}
+    if "latency" in report:
+        window_ms = Settings().batch_window * 1000
+        p99 = report["latency"]["p99_ms"]
+        targets[f"p99 <= window + 25 ms ({window_ms + 25:.0f} ms)"] = p99 <= window_ms + 25
+    if "worker" in report["throughput"]:
+        targets["peak RSS <= 300 MB"] = (report["throughput"]["worker"]["peak_rss_mb"] or 0) <= 300
+    if "own_cost" in report:
+        targets["own cost <= 6 us per JSON message"] = report["own_cost"]["json_us"] <= 6.0
+    return ratios, targets
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -654,36 +744,49 @@ def print_table(report: dict[str, Any]) -> None:
         )
     out = Console(highlight=False)
     out.print(table)
-    lat = report["latency"]
-    out.print(
-        f"latency at {lat['rate_per_second']:,.0f}/s: p50 {lat['p50_ms']:.1f} ms, "
-        f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
-    )
-    out.print("by commit interval (throughput; latency to a read_committed reader):")
-    for guarantee, rows in report["commit_interval_trade_off"].items():
-        for interval, row in rows.items():
-            out.print(
-                f"  {guarantee} {interval} s: {row['per_second']:,.0f}/s, "
-                f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms"
-            )
-    own = report["own_cost"]
-    out.print(
-        f"own cost per message (decode, validate, score, encode): JSON {own['json_us']:.2f} µs, "
-        f"JSON batch {own['json_batch_us']:.2f} µs/image, u8 {own['u8_us']:.2f} µs/image, "
-        f"bits {own['bits_us']:.2f} µs/image; plain orjson loads+dumps {own['baseline_us']:.2f} µs"
-    )
-    shadow = report["shadow_cost"]
-    out.print(
-        f"shadow scoring: {shadow['us_per_image_live']:.2f} µs/image alone, "
-        f"{shadow['us_per_image_with_shadow']:.2f} with a shadow (x{shadow['ratio']:.2f}; "
-        f"its ONNX call {shadow['us_per_image_shadow_onnx_call']:.2f} µs/image)"
-    )
-    out.print("memory bank (dense network, gray):")
-    out.print(markdown([CostPoint(**point) for point in report["memory_bank_cost"]]))
+    out.print(f"load average: {', '.join(f'{x:.2f}' for x in report['machine']['load_average'])}")
+    if "latency" in report:
+        lat = report["latency"]
+        out.print(
+            f"latency at {lat['rate_per_second']:,.0f}/s: p50 {lat['p50_ms']:.1f} ms, "
+            f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
+        )
+    if "commit_interval_trade_off" in report:
+        out.print("by commit interval (throughput; latency to a read_committed reader):")
+        for guarantee, rows in report["commit_interval_trade_off"].items():
+            for interval, row in rows.items():
+                out.print(
+                    f"  {guarantee} {interval} s: {row['per_second']:,.0f}/s, "
+                    f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms"
+                )
+    if "own_cost" in report:
+        own = report["own_cost"]
+        out.print(
+            "own cost per message (decode, validate, score, encode): "
+            f"JSON {own['json_us']:.2f} µs, JSON batch {own['json_batch_us']:.2f} µs/image, "
+            f"u8 {own['u8_us']:.2f} µs/image, bits {own['bits_us']:.2f} µs/image; "
+            f"plain orjson loads+dumps {own['baseline_us']:.2f} µs"
+        )
+    if "shadow_cost" in report:
+        shadow = report["shadow_cost"]
+        out.print(
+            f"shadow scoring: {shadow['us_per_image_live']:.2f} µs/image alone, "
+            f"{shadow['us_per_image_with_shadow']:.2f} with a shadow (x{shadow['ratio']:.2f}; "
+            f"its ONNX call {shadow['us_per_image_shadow_onnx_call']:.2f} µs/image)"
+        )
+    if "memory_bank_cost" in report:
+        out.print("memory bank (dense network, gray):")
+        out.print(markdown([CostPoint(**point) for point in report["memory_bank_cost"]]))
     for name, value in report["ratios"].items():
         out.print(f"{name}: {value:.2f}")
     for name, ok in report["targets"].items():
         out.print(f"target {name}: {'met' if ok else 'MISSED'}")
+
+
+def results_file(only: frozenset[str] | None) -> Path:
+    """Where a run's report goes by default: a partial run never overwrites the full run's
+    file, which `make plots` and the docs read."""
+    return ROOT / "bench-results" / ("bench.json" if only is None else "bench-only.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -694,23 +797,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faust-messages", type=int, default=defaults.faust_messages)
     parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds)
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting a local one")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results file (default: bench-results/bench.json, or bench-only.json for --only)",
+    )
+    parser.add_argument(
+        "--only",
+        # Not PIXELWATCH_-prefixed: the workers it spawns inherit the environment and refuse
+        # a PIXELWATCH_ variable that is not one of their settings.
+        default=os.environ.get("BENCH_ONLY"),
+        metavar="NAME,...",
+        help="run only these contenders and sections, comma-separated (default: "
+        "$BENCH_ONLY, or all). Contenders: "
+        + ", ".join(CONTENDERS)
+        + "; sections: "
+        + ", ".join(SECTIONS)
+        + " (the latency sections bring `worker` along). Ratios and "
+        "targets are reported for what ran",
+    )
     args = parser.parse_args(argv)
+    only = frozenset(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
+    try:
+        selected(only)
+    except ValueError as exc:
+        parser.error(str(exc))
     cfg = Config(
         messages=args.messages,
         partitions=args.partitions,
         faust_messages=min(args.faust_messages, args.messages),
         latency_seconds=args.latency_seconds,
+        only=only,
     )
     if args.bootstrap:
         report = asyncio.run(bench(args.bootstrap, cfg))
     else:
         with LocalBroker(port=free_port()) as broker:
             report = asyncio.run(bench(broker.bootstrap, cfg))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out = args.out or results_file(only)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
-    console.print(f"results written to {args.out}")
+    console.print(f"results written to {out}")
     return 0
 
 
