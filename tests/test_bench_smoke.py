@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench import Config, bench, bench_only, ensure_model
+from benchmarks.bench import Config, bench, ensure_model
 from service.scoring.model import load_model
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -78,22 +78,18 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
     }
 
 
-def test_bench_only_names_the_contenders_and_sections_to_run() -> None:
-    assert bench_only({}) is None
-    assert bench_only({"PIXELWATCH_BENCH_ONLY": " "}) is None
-    assert bench_only({"PIXELWATCH_BENCH_ONLY": "worker, worker_tracing,"}) == {
-        "worker",
-        "worker_tracing",
-    }
-
-
 async def test_a_bench_of_some_contenders_runs_and_reports_only_those(
     kafka_bootstrap: str, seed_model_path: Path, tmp_path: Path
 ) -> None:
-    cfg = Config(messages=200, partitions=1, model=seed_model_path, workdir=tmp_path)
-    report = await bench(kafka_bootstrap, cfg, {"worker", "worker_traceparent"})
-    assert set(report["throughput"]) == {"worker", "worker_traceparent"}
-    assert set(report["ratios"]) == {"worker_traceparent/worker"}
+    only = frozenset({"worker", "worker_traceparent", "worker_tracing"})
+    cfg = Config(messages=200, partitions=1, model=seed_model_path, workdir=tmp_path, only=only)
+    report = await bench(kafka_bootstrap, cfg)
+    assert set(report["throughput"]) == only
+    assert set(report["ratios"]) == {
+        "worker_traceparent/worker",
+        "worker_tracing/worker",
+        "worker_tracing/worker_traceparent",
+    }
     assert set(report["targets"]) == {"worker_traceparent/worker >= 0.95", "peak RSS <= 300 MB"}
     assert "latency" not in report and "own_cost" not in report
 
