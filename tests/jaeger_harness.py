@@ -75,6 +75,7 @@ class Jaeger:
 
     def __enter__(self) -> "Jaeger":
         binary = jaeger_binary()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "jaeger.yaml"
         path.write_text(yaml.safe_dump(config(self.otlp_port, self.query_port, free_port())))
         with self.log.open("wb") as out:
