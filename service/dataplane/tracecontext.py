@@ -20,8 +20,7 @@ passes: our own headers say what we did, and no input can say it for us.
 import random
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from confluent_kafka import Message
 
@@ -42,9 +41,9 @@ TRACESTATE_LIMIT: Final = 512
 TRACESTATE_MEMBERS: Final = 32
 
 # version-traceid-parentid-flags, lower-case hex; a later version may append "-" and more.
-_TRACEPARENT: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_ZERO_TRACE: Final = "0" * 32
-_ZERO_SPAN: Final = "0" * 16
+_TRACEPARENT: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE: Final = b"0" * 32
+_ZERO_SPAN: Final = b"0" * 16
 # A tracestate list member: key=value, the key simple (`vendor`) or multi-tenant (`t@vendor`).
 _MEMBER: Final = re.compile(
     r"(?:[a-z0-9][a-z0-9_*/-]{0,240}@[a-z][a-z0-9_*/-]{0,13}|[a-z][a-z0-9_*/-]{0,255})"
@@ -54,9 +53,9 @@ _MEMBER: Final = re.compile(
 Header = tuple[str, str | bytes | None]
 
 
-@dataclass(frozen=True, slots=True)
-class TraceParent:
-    """A valid `traceparent`: the trace it belongs to, its parent span and its flags."""
+class TraceParent(NamedTuple):
+    """A valid `traceparent`: the trace it belongs to, its parent span and its flags. (A
+    named tuple, not a dataclass: one is made per traced input, on the hot path.)"""
 
     trace_id: str  # 32 lower-case hex digits, not all zero
     span_id: str  # 16 lower-case hex digits, not all zero: the producer's span
@@ -86,25 +85,20 @@ def parse_traceparent(raw: str | bytes | None) -> TraceParent | None:
     lower-case hex; an all-zero trace id or span id is invalid."""
     if raw is None:
         return None
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("ascii")
-        except UnicodeDecodeError:
-            return None
+    if isinstance(raw, str):
+        raw = raw.encode()  # anything not ASCII fails the pattern below
     match = _TRACEPARENT.match(raw)
     if match is None:
         return None
     version, trace_id, span_id, flags = match.groups()
-    if version == "ff":
-        return None
-    if version == "00":
+    if version == b"00":
         if len(raw) != 55:
             return None
-    elif len(raw) > 55 and raw[55] != "-":
+    elif version == b"ff" or (len(raw) > 55 and raw[55:56] != b"-"):
         return None
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
-    return TraceParent(trace_id, span_id, flags)
+    return TraceParent(trace_id.decode(), span_id.decode(), flags.decode())
 
 
 def parse_tracestate(values: Sequence[str | bytes | None]) -> bytes | None:
@@ -153,8 +147,7 @@ class PassRule:
         return name in self.names or name.startswith(self.prefixes)
 
 
-@dataclass(frozen=True, slots=True)
-class Carried:
+class Carried(NamedTuple):
     """What one input hands on to each of its outputs."""
 
     parent: TraceParent | None
@@ -171,24 +164,26 @@ class Carried:
         return extra
 
 
-def _pairs(headers: object) -> list[Header]:
-    if isinstance(headers, dict):
-        return list(headers.items())
-    return list(headers) if isinstance(headers, list) else []
+Headers = list[Header] | dict[str, str | bytes | None]
 
 
-def carried(headers: object, rule: PassRule) -> Carried | None:
+def carried(headers: Headers, rule: PassRule) -> Carried | None:
     """What a message with these headers hands on; None when nothing."""
     parents: list[str | bytes | None] = []
     states: list[str | bytes | None] = []
     passed: list[Header] = []
-    for name, value in _pairs(headers):
-        lower = name.lower()
-        if lower == TRACEPARENT:
-            parents.append(value)
-        elif lower == TRACESTATE:
-            states.append(value)
-        elif rule and len(passed) < MAX_PASSED and rule.passes(name):
+    passing = bool(rule)
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        # Only names of these two lengths can be the trace context: most skip lower().
+        if len(name) in (10, 11):
+            lower = name.lower()
+            if lower == TRACEPARENT:
+                parents.append(value)
+                continue
+            if lower == TRACESTATE:
+                states.append(value)
+                continue
+        if passing and len(passed) < MAX_PASSED and rule.passes(name):
             text = None if value is None else _text(value)
             passed.append((clean(name, PASSED_NAME_LIMIT), text))
     # Two traceparent headers contradict each other: neither is carried.
