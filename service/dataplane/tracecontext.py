@@ -40,8 +40,10 @@ TRACESTATE_LIMIT: Final = 512
 """The W3C limit a tracestate must keep to: 512 characters, 32 list members."""
 TRACESTATE_MEMBERS: Final = 32
 
-# version-traceid-parentid-flags, lower-case hex; a later version may append "-" and more.
-_TRACEPARENT: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+# version-traceid-parentid-flags (2-32-16-2), lower-case hex; a later version may append "-"
+# and more.
+_DASH: Final = ord("-")
+_HEX_OR_DASH: Final = b"0123456789abcdef-"
 _ZERO_TRACE: Final = b"0" * 32
 _ZERO_SPAN: Final = b"0" * 16
 # A tracestate list member: key=value, the key simple (`vendor`) or multi-tenant (`t@vendor`).
@@ -86,19 +88,28 @@ def parse_traceparent(raw: str | bytes | None) -> TraceParent | None:
     if raw is None:
         return None
     if isinstance(raw, str):
-        raw = raw.encode()  # anything not ASCII fails the pattern below
-    match = _TRACEPARENT.match(raw)
-    if match is None:
+        raw = raw.encode()  # anything not ASCII fails the checks below
+    # Byte checks, not a regular expression: this runs once per traced input.
+    head = raw[:55]
+    if (
+        len(head) != 55
+        or head[2] != _DASH
+        or head[35] != _DASH
+        or head[52] != _DASH
+        or head.count(b"-") != 3
+        or head.translate(None, _HEX_OR_DASH)  # something else is left
+    ):
         return None
-    version, trace_id, span_id, flags = match.groups()
+    version = head[:2]
     if version == b"00":
         if len(raw) != 55:
             return None
-    elif version == b"ff" or (len(raw) > 55 and raw[55:56] != b"-"):
+    elif version == b"ff" or (len(raw) > 55 and raw[55] != _DASH):
         return None
+    trace_id, span_id = head[3:35], head[36:52]
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
-    return TraceParent(trace_id.decode(), span_id.decode(), flags.decode())
+    return TraceParent(trace_id.decode(), span_id.decode(), head[53:55].decode())
 
 
 def parse_tracestate(values: Sequence[str | bytes | None]) -> bytes | None:

@@ -64,7 +64,7 @@ class BatchTracer:
         # Imported here: the SDK and its exporter load only when tracing is on.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import SpanLimits, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         resource = Resource.create()
@@ -77,6 +77,9 @@ class BatchTracer:
         self._topic = settings.input_topic
         self._group = settings.group_id
         self._name = f"process {settings.input_topic}"
+        # The SDK keeps this many links a span (OTEL_SPAN_LINK_COUNT_LIMIT) and drops the
+        # rest: no use building them.
+        self._max_links = SpanLimits().max_links
 
     def observe_batch(self, result: "BatchResult", elapsed: float) -> None:
         """One span for the batch: from its start (when it was decoded) for `elapsed`
@@ -84,6 +87,11 @@ class BatchTracer:
         from opentelemetry.context import Context
         from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags
 
+        parents = [
+            parent
+            for carried in result.carried or ()
+            if carried is not None and (parent := carried.parent) is not None
+        ]
         links = [
             Link(
                 SpanContext(
@@ -93,8 +101,7 @@ class BatchTracer:
                     trace_flags=TraceFlags(int(parent.flags, 16)),
                 )
             )
-            for carried in result.carried or ()
-            if carried is not None and (parent := carried.parent) is not None
+            for parent in parents[: self._max_links]
         ]
         start = _nanoseconds(result.detected_at)
         attributes: dict[str, Any] = {
@@ -107,6 +114,7 @@ class BatchTracer:
             "pixelwatch.batch.images": result.scored,
             "pixelwatch.batch.anomalies": result.flagged,
             "pixelwatch.batch.dead_letters": len(result.dead),
+            "pixelwatch.batch.traced": len(parents),
             "pixelwatch.model.version": _model_version(result),
         }
         span = self._tracer.start_span(
