@@ -84,6 +84,9 @@ schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 reference: venv ## regenerate docs/reference/*.md (CLI, settings, messages) and the code blocks of docs/examples.md
 	$(BIN)/python docs/generate.py
 
+plots: venv ## render docs/plots/*.png from bench-results/bench.json, chaos-results/chaos.json and artifacts/eval-digits/results.json (BENCH=, CHAOS=, DIGITS= pick other files)
+	$(BIN)/python docs/plots.py $(if $(BENCH),--bench $(BENCH)) $(if $(CHAOS),--chaos $(CHAOS)) $(if $(DIGITS),--digits $(DIGITS))
+
 docs: venv ## build the documentation site, strict (a broken link or anchor fails), into build/site
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
@@ -93,4 +96,4 @@ docs-serve: venv ## serve the documentation site on http://127.0.0.1:8000/, rebu
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results build-results dist
 
-.PHONY: help venv prereqs prometheus browser podman examples jaeger image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference docs docs-serve clean
+.PHONY: help venv prereqs prometheus browser podman examples jaeger image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference plots docs docs-serve clean

@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Final
@@ -631,6 +632,7 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
         if name in wanted:
             results[name] = await run_one()
     report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
