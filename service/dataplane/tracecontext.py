@@ -19,7 +19,7 @@ passes: our own headers say what we did, and no input can say it for us.
 
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
 
 from confluent_kafka import Message
@@ -175,7 +175,7 @@ class Carried(NamedTuple):
         return extra
 
 
-Headers = list[Header] | dict[str, str | bytes | None]
+Headers = Sequence[Header] | Mapping[str, str | bytes | None]
 
 
 def carried(headers: Headers, rule: PassRule) -> Carried | None:
@@ -184,7 +184,7 @@ def carried(headers: Headers, rule: PassRule) -> Carried | None:
     states: list[str | bytes | None] = []
     passed: list[Header] = []
     passing = bool(rule)
-    for name, value in headers.items() if isinstance(headers, dict) else headers:
+    for name, value in headers.items() if isinstance(headers, Mapping) else headers:
         # Only names of these two lengths can be the trace context: most skip lower().
         if len(name) in (10, 11):
             lower = name.lower()
