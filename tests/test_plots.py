@@ -11,6 +11,8 @@ from typing import Any, Final
 
 from PIL import Image
 
+from model_export.digits.command import main as digits_main
+
 REPO: Final = Path(__file__).resolve().parents[1]
 PLOTS: Final = REPO / "docs" / "plots.py"
 MACHINE: Final = {
@@ -162,3 +164,26 @@ def test_the_benchmarks_page_shows_every_committed_plot_and_no_other() -> None:
     shown = sorted(re.findall(r"\]\(plots/([\w-]+\.png)\)", page))
     assert shown, "the Benchmarks page shows no plot"
     assert shown == sorted(p.name for p in (REPO / "docs" / "plots").glob("*.png"))
+
+
+def test_a_digits_run_plots_with_the_date_and_machine_it_recorded(tmp_path: Path) -> None:
+    """A real (tiny) `make eval-digits` run, so the plot follows the shape the code writes."""
+    argv = ["--protocol", "leave-one-out", "--archs", "dense", "--modes", "gray"]
+    argv += ["--classes", "4", "--repetitions", "1", "--loo-epochs", "1", "--jobs", "1"]
+    assert digits_main([*argv, "--out", str(tmp_path / "digits"), "--no-defaults"]) == 0
+    absent = str(tmp_path / "none.json")
+    command = [sys.executable, str(PLOTS), "--bench", absent, "--chaos", absent]
+    command += ["--digits", str(tmp_path / "digits" / "results.json")]
+    result = subprocess.run(
+        [*command, "--out", str(tmp_path / "plots")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "plots" / "auroc-leave-one-out.png") as image:
+        caption = image.info["Description"]
+    recorded = json.loads((tmp_path / "digits" / "results.json").read_text())
+    assert caption.startswith(f"run finished {recorded['date']}")
+    assert recorded["environment"]["platform"].split("-with-")[0] in caption

@@ -53,6 +53,7 @@ def as_json(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "protocol": asdict(protocol),
         "environment": {
+            "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "scikit-learn": sklearn.__version__,
