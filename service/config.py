@@ -28,7 +28,6 @@ HOSTNAME: Final = "@hostname"
 OTHER_VARIABLES: Final = {
     "PIXELWATCH_CACHE_DIR": "where the local broker's jars are cached",
     "PIXELWATCH_SCREENSHOT": "where `make screenshot` writes the page's picture",
-    "PIXELWATCH_BENCH_ONLY": "the contenders `make bench` runs (comma-separated; all if unset)",
 }
 
 # Seconds a transaction may stay open beyond its work: short, because it is also how long a
