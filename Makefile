@@ -33,6 +33,9 @@ browser: ## check (and on Debian as root, install) chromium and chromedriver for
 examples: ## check (and on Debian as root, install) kcat and a JDK for the producer examples' tests; Go must be on PATH
 	@bash deploy/examples-setup.sh
 
+jaeger: ## build Jaeger (Go module proxy, deploy/jaeger/go.mod) into the cache for the tracing tests; Go must be on PATH
+	@bash deploy/jaeger-setup.sh
+
 podman: ## check (and on Debian as root, install) podman, buildah, runc and debootstrap for the image
 	@bash deploy/podman-setup.sh
 
@@ -49,13 +52,13 @@ lint: venv ## ruff lint and format check
 typecheck: venv ## mypy (strict)
 	$(BIN)/mypy
 
-test: venv prereqs prometheus browser podman examples lint typecheck ## every test, lint and type check (starts its own Kafka broker)
+test: venv prereqs prometheus browser podman examples jaeger lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
 eval-digits: venv ## AUROC of every architecture and the defaults vs PCA / IsolationForest / kNN on scikit-learn digits (see docs/benchmarks.md; DIGITS_ARGS=... passes options)
 	$(BIN)/python -m model_export.digits --out $(or $(DIGITS_OUT),artifacts/eval-digits) $(DIGITS_ARGS)
 
-bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/)
+bench: venv prereqs jaeger ## benchmark the worker against the pipeline's limits (minutes; bench-results/)
 	PYTHONPATH=tests $(BIN)/python -m benchmarks.bench
 
 chaos: venv prereqs ## fault suite in both processing guarantees: kill -9, SIGTERM, broker kill, rebalance, poison, fuzz, undeliverable output (~20 min; chaos-results/)
@@ -93,4 +96,4 @@ docs-serve: venv ## serve the documentation site on http://127.0.0.1:8000/, rebu
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results build-results dist
 
-.PHONY: help venv prereqs prometheus browser podman examples image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference plots docs docs-serve clean
+.PHONY: help venv prereqs prometheus browser podman examples jaeger image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference plots docs docs-serve clean

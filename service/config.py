@@ -7,6 +7,7 @@ line naming it, not a traceback and not a silently ignored variable.
 
 import difflib
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,10 @@ OTHER_VARIABLES: Final = {
 # killed worker's open transaction (without a successor taking its id) holds up its outputs.
 TRANSACTION_MARGIN: Final = 10.0
 MAX_TRANSACTION_TIMEOUT: Final = 900.0  # the broker's transaction.max.timeout.ms default
+
+PASS_HEADER_ENTRY: Final = re.compile(r"[!-+\--~]{1,100}\*?")
+"""A PIXELWATCH_PASS_HEADERS entry: a header name in printable ASCII without spaces or
+commas, or such a prefix followed by `*`."""
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,100}$"
 """A model name is a key on the models topic; `#` and `@` stay free for the keys derived from
@@ -145,6 +150,14 @@ class Settings(BaseSettings):
             "every image's verdict (compact scores only)"
         ),
     )
+    pass_headers: str = Field(
+        "",
+        description=(
+            "input headers copied to that input's outputs: comma-separated names, or prefixes "
+            "ending in * (values escaped and cut to 512 characters, 16 headers a message at "
+            "most; pixelwatch.* never passes; traceparent and tracestate always travel)"
+        ),
+    )
     delivery_timeout: float = Field(
         30.0,
         ge=1.0,
@@ -228,6 +241,17 @@ class Settings(BaseSettings):
                 "scores_grouping message needs PIXELWATCH_SCORES_FORMAT=compact: a grouped "
                 "record holds verdicts, not pixels"
             )
+        for entry in self.pass_header_names:
+            if not PASS_HEADER_ENTRY.fullmatch(entry):
+                raise ValueError(
+                    f"pass_headers entry {clean(entry, 60)!r} is not a header name (printable "
+                    "ASCII, no spaces, up to 100 characters) or such a prefix ending in *"
+                )
+            if entry.lower().startswith(("pixelwatch.", "traceparent", "tracestate")):
+                raise ValueError(
+                    f"pass_headers entry {entry!r}: pixelwatch.* headers are ours and never "
+                    "pass, and the trace context (traceparent, tracestate) always travels"
+                )
         topics = [
             self.input_topic,
             self.anomalies_topic,
@@ -270,6 +294,11 @@ class Settings(BaseSettings):
         """Seconds a transaction may stay open: a commit interval of batches, then up to the
         delivery timeout to confirm them, and a margin for the commit itself."""
         return self.commit_interval + self.delivery_timeout + TRANSACTION_MARGIN
+
+    @property
+    def pass_header_names(self) -> list[str]:
+        """PIXELWATCH_PASS_HEADERS as a list: names, and prefixes ending in `*`."""
+        return [e.strip() for e in self.pass_headers.split(",") if e.strip()]
 
     @property
     def bootstrap_servers(self) -> list[str]:

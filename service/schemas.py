@@ -152,6 +152,9 @@ HEADERS: Final[dict[str, str]] = {
     HEADER_OFFSET: "on a dead letter: its offset",
     HEADER_INDEX: "on a dead letter of one image of a batch: the image's position",
     HEADER_FAILED_AT: "on a dead letter: when it failed, ISO 8601 UTC",
+    "traceparent": "W3C trace context: on an input, carried to each of its outputs (scores, "
+    "anomaly, shadow, dead letter) with the same trace id and flags and a new span id",
+    "tracestate": "W3C vendor trace state: carried with a valid traceparent",
 }
 """Every header pixelwatch reads or writes, with its meaning (the messages reference)."""
 

@@ -34,6 +34,7 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         "faust_agent_no_cython",
         "worker", "worker_exactly_once", "worker_tuned", "worker_x2", "worker_binary",
         "worker_binary_anomalies_only", "worker_binary_grouped",
+        "worker_traceparent", "worker_tracing",
     }  # fmt: skip
     assert set(report["throughput"]) == expected
     for name, row in report["throughput"].items():
@@ -70,10 +71,27 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         "binary images/librdkafka messages >= 2 (scores on)",
         "binary images/librdkafka messages >= 2 (anomalies only)",
         "binary images/librdkafka messages >= 5 (scores grouped)",
+        "worker_traceparent/worker >= 0.95",
         "p99 <= window + 25 ms (75 ms)",
         "peak RSS <= 300 MB",
         "own cost <= 6 us per JSON message",
     }
+
+
+async def test_a_bench_of_some_contenders_runs_and_reports_only_those(
+    kafka_bootstrap: str, seed_model_path: Path, tmp_path: Path
+) -> None:
+    only = frozenset({"worker", "worker_traceparent", "worker_tracing"})
+    cfg = Config(messages=200, partitions=1, model=seed_model_path, workdir=tmp_path, only=only)
+    report = await bench(kafka_bootstrap, cfg)
+    assert set(report["throughput"]) == only
+    assert set(report["ratios"]) == {
+        "worker_traceparent/worker",
+        "worker_tracing/worker",
+        "worker_tracing/worker_traceparent",
+    }
+    assert set(report["targets"]) == {"worker_traceparent/worker >= 0.95", "peak RSS <= 300 MB"}
+    assert "latency" not in report and "own_cost" not in report
 
 
 def test_the_shadow_cost_measurement_reports_both_variants_and_their_ratio(

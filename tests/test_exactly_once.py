@@ -343,6 +343,8 @@ def test_a_retry_dead_letters_the_whole_input_of_a_refused_output_and_keeps_the_
 
     result = BatchResult([refused, fine], scores=[output(refused), output(fine)])
     result.anomalies = [output(refused)]
+    # Which input each output was made from, by position in the batch.
+    result.score_origins, result.anomaly_origins = [0, 1], [0]
     txn = transactions(ScriptedProducer())
     txn.refused_output((1, 7), "output to scores refused: MSG_SIZE_TOO_LARGE")
     txn.redirect(result)

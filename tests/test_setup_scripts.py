@@ -18,7 +18,7 @@ MISSING: Final = {
     "prometheus-setup.sh": "prometheus",
     "podman-setup.sh": "podman",
 }
-SCRIPTS: Final = [*MISSING, "browser-setup.sh"]
+SCRIPTS: Final = [*MISSING, "browser-setup.sh", "jaeger-setup.sh"]
 
 
 def run_without_tools(script: str, bin_dir: Path, uid: int) -> subprocess.CompletedProcess[str]:

@@ -20,6 +20,7 @@ from service.dataplane.pipeline import BatchScorer
 from service.errors import PixelwatchError
 from service.kafka.topics import TopicSetup, ensure_topics
 from service.observability.logs import throttle_handlers, use_level
+from service.observability.tracing import tracing_enabled
 from service.scoring.model import Model, load_model
 from service.scoring.similarity import METRICS
 
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     checked = check_model_file(settings)  # a model file given but unusable: fail before Kafka
     prepare_data_dir(settings.data_dir)
     check_metrics_port(settings)
+    tracing = tracing_enabled(os.environ)  # the OTEL_* variables: asked for, and usable
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     topics = loop.run_until_complete(
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if topics is None:
         return 0
-    code = start_worker(settings, checked, loop, topics)
+    code = start_worker(settings, checked, loop, topics, tracing=tracing)
     leave_past_stuck_threads(code, STOPPED_THREADS_GRACE)
     return code
 
@@ -222,6 +224,8 @@ def start_worker(
     file_model: Model | None,
     loop: asyncio.AbstractEventLoop,
     topics: TopicSetup,
+    *,
+    tracing: bool = False,
 ) -> int:
     from prometheus_client import REGISTRY
 
@@ -273,6 +277,13 @@ def start_worker(
         )
         observers.append(feed.observe_batch)
         on_swap.append(feed.on_swap)
+    tracer = None
+    if tracing:
+        from service.observability.tracing import BatchTracer
+
+        tracer = BatchTracer(settings)
+        observers.append(tracer.observe_batch)
+        log.info("tracing: one span per batch, sent over OTLP/HTTP as the OTEL_* variables say")
 
     def swapped(live: BatchScorer, shadow: ShadowScorer | None) -> None:
         for observe in on_swap:
@@ -313,4 +324,7 @@ def start_worker(
         worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
+    finally:
+        if tracer is not None:
+            tracer.shutdown()  # the last batches' spans
     return 0

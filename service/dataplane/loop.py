@@ -43,6 +43,7 @@ from service.dataplane.ledger import Failure, Ledger, Record, TopicPartitionKey,
 from service.dataplane.pipeline import BatchResult, BatchScorer, DeadLetter, Header, Reason
 from service.dataplane.shadow import ShadowScorer
 from service.dataplane.status import DataPathStatus
+from service.dataplane.tracecontext import Carried, PassRule, carry
 from service.dataplane.transactions import (
     FAILING,
     PURGED,
@@ -121,6 +122,7 @@ class DataPlane:
         self._tid = transactional_id(settings) if exactly_once else None
         self._eos: Transactions | None = None  # exactly_once: set once the producer runs
         self._held: list[tuple[BatchResult, float]] = []  # for observers, until the commit
+        self._pass_rule = PassRule(settings.pass_header_names)
 
     # ---- control, from any thread ----
 
@@ -266,18 +268,28 @@ class DataPlane:
     def _handle(self, messages: list[Message]) -> None:
         started = time.perf_counter()
         result = self.scorer.process(messages)
+        result.carried = carry(messages, self._pass_rule)
         self._ledger.open(messages)
         eos = self._eos
         if eos is not None:
             eos.begin()
             eos.redirect(result)
         s = self.settings
-        headers = result.headers
-        if s.scores_enabled:
-            for key, value in result.scores:
-                self._produce(s.scores_topic, key, value, headers)
-        for key, value in result.anomalies:
-            self._produce(s.anomalies_topic, key, value, headers)
+        headers, carried = result.headers, result.carried
+        if carried is not None:  # some inputs hand a trace context or headers on
+            if s.scores_enabled:
+                self._produce_carried(
+                    s.scores_topic, result.scores, result.scores_from(), headers, carried
+                )
+            self._produce_carried(
+                s.anomalies_topic, result.anomalies, result.anomalies_from(), headers, carried
+            )
+        else:
+            if s.scores_enabled:
+                for key, value in result.scores:
+                    self._produce(s.scores_topic, key, value, headers)
+            for key, value in result.anomalies:
+                self._produce(s.anomalies_topic, key, value, headers)
         if result.dead:
             self._dead_letters(result.dead, result.detected_at)
         if self.shadow is not None and result.scored and not (eos and eos.redirects.no_shadow):
@@ -307,8 +319,29 @@ class DataPlane:
             return
         result.shadow = verdicts
         topic = self.settings.shadow_topic
+        if result.carried is not None:  # a verdict per scored image, as `rows` says whose
+            self._produce_carried(
+                topic, verdicts.records, result.rows, verdicts.headers, result.carried
+            )
+            return
         for key, value in verdicts.records:
             self._produce(topic, key, value, verdicts.headers)
+
+    def _produce_carried(
+        self,
+        topic: str,
+        records: list[tuple[bytes, bytes]],
+        origins: list[int],
+        headers: list[Header],
+        carried: list[Carried | None],
+    ) -> None:
+        """Produce records whose inputs may hand headers on: `origins[i]` is the batch
+        position of record i's input. Our headers come first, and none of the input's can
+        be one of ours."""
+        for (key, value), position in zip(records, origins, strict=True):
+            extra = carried[position]
+            own = headers if extra is None else headers + extra.headers()
+            self._produce(topic, key, value, own)
 
     def _produce(
         self,

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from service.dataplane.decode import WHOLE, Decoded, Decoder, Reject, out_of_range, value_problem
 from service.dataplane.encode import RecordEncoder
 from service.dataplane.shadow import ShadowVerdicts
+from service.dataplane.tracecontext import Carried, continued
 from service.schemas import (
     DEAD_LETTER_HEADERS,
     HEADER_FAILED_AT,
@@ -77,12 +78,13 @@ class DeadLetter:
         if self.index != WHOLE:
             own.append((HEADER_INDEX, str(self.index).encode()))
         own.append((HEADER_FAILED_AT, failed_at.encode()))
-        # The input's own headers (a binary format, tracing ids) travel along for replay.
+        # The input's own headers (a binary format, the trace context) travel along for
+        # replay; the trace continues with a span id of the dead letter's own.
         headers = m.headers() or []
         pairs = headers.items() if isinstance(headers, dict) else headers
-        original: list[Header] = [
+        original: list[Header] = continued(
             (key, value) for key, value in pairs if not key.startswith(DEAD_LETTER_HEADERS)
-        ]
+        )
         return original + own
 
 
@@ -103,7 +105,15 @@ class BatchResult:
     pixels: NDArray[np.float32] = field(default_factory=lambda: np.empty((0, 0), np.float32))
     anomaly: NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
     keys: list[bytes] = field(default_factory=list)
+    # rows[i]: the position in `messages` of scored image i. Each scores record is one row's,
+    # in order, unless scores are grouped by message (`score_origins` then says whose).
+    rows: list[int] = field(default_factory=list)
+    score_origins: list[int] | None = None
+    anomaly_origins: list[int] | None = None  # None: the flagged rows' own, in order
     shadow: ShadowVerdicts | None = None  # set by the data plane when a shadow scores
+    # What each input hands on to its outputs (trace context, passed headers), by position
+    # in `messages`; None when no input of the batch hands anything on. Set by the data plane.
+    carried: list[Carried | None] | None = None
 
     @property
     def scored(self) -> int:
@@ -112,6 +122,34 @@ class BatchResult:
     @property
     def flagged(self) -> int:
         return len(self.anomalies)
+
+    def scores_from(self) -> list[int]:
+        """The position in `messages` of each scores record's input."""
+        if self.score_origins is None:
+            return self.rows if self.scores else []  # the scores topic may be off
+        return self.score_origins
+
+    def anomalies_from(self) -> list[int]:
+        """The position in `messages` of each anomaly's input."""
+        if self.anomaly_origins is not None:
+            return self.anomaly_origins
+        return [self.rows[row] for row in np.flatnonzero(self.anomaly).tolist()]
+
+    def drop_outputs_of(self, positions: set[int]) -> None:
+        """Removes the scores and anomalies made from the messages at these positions (their
+        answer is a dead letter instead); the verdicts stay, for the shadow and the metrics."""
+        scores = [
+            (r, p)
+            for r, p in zip(self.scores, self.scores_from(), strict=True)
+            if p not in positions
+        ]
+        anomalies = [
+            (r, p)
+            for r, p in zip(self.anomalies, self.anomalies_from(), strict=True)
+            if p not in positions
+        ]
+        self.scores, self.score_origins = [r for r, _ in scores], [p for _, p in scores]
+        self.anomalies, self.anomaly_origins = [r for r, _ in anomalies], [p for _, p in anomalies]
 
 
 MIN_MESSAGE_LIMIT: Final = 65_536
@@ -188,17 +226,23 @@ class BatchScorer:
         log.exception("a batch of %d failed; scoring its messages one by one", len(messages))
         result = BatchResult(messages=messages, headers=self.headers)
         parts: list[BatchResult] = []
-        for message in messages:
+        positions: list[int] = []  # each part's message, by position in the batch
+        for position, message in enumerate(messages):
             try:
                 parts.append(self._process([message]))
+                positions.append(position)
             except Exception as exc:
                 text = clean(f"{type(exc).__name__}: {exc}", 300)
                 result.dead.append(DeadLetter(message, WHOLE, Reason.INTERNAL, text))
-        for part in parts:
+        result.score_origins, result.anomaly_origins = [], []
+        for position, part in zip(positions, parts, strict=True):
             result.scores += part.scores
             result.anomalies += part.anomalies
             result.dead += part.dead
             result.detected_at = part.detected_at
+            result.rows += [position] * part.scored
+            result.score_origins += [position] * len(part.scores)
+            result.anomaly_origins += [position] * len(part.anomalies)
         if parts:
             result.similarity = np.concatenate([p.similarity for p in parts])
             result.ts_ms = np.concatenate([p.ts_ms for p in parts])
@@ -241,7 +285,9 @@ class BatchScorer:
                 dead.setdefault(position[id(letter.message)], []).append(
                     (letter.index, letter.reason.value)
                 )
+        result.score_origins = origins = []
         for p in sorted(grouped.keys() | dead.keys() | singles.keys()):
+            origins.append(p)
             if p in singles:
                 result.scores.append(singles[p])
                 continue
@@ -351,4 +397,5 @@ class BatchScorer:
         result.pixels = decoded.pixels
         result.anomaly = scored.anomaly
         result.keys = keys
+        result.rows = decoded.message
         return grouped, singles

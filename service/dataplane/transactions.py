@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from service.config import Settings
@@ -233,15 +232,14 @@ class Transactions:
         if not dead:
             return
         hits = {
-            (int(m.partition() or 0), int(m.offset() or 0)): m
-            for m in result.messages
+            (int(m.partition() or 0), int(m.offset() or 0)): (position, m)
+            for position, m in enumerate(result.messages)
             if (int(m.partition() or 0), int(m.offset() or 0)) in dead
         }
         if not hits:
             return
-        result.scores = [r for r in result.scores if _where(r[1]) not in hits]
-        result.anomalies = [r for r in result.anomalies if _where(r[1]) not in hits]
-        for where, message in hits.items():
+        result.drop_outputs_of({position for position, _ in hits.values()})
+        for where, (_, message) in hits.items():
             result.dead.append(DeadLetter(message, WHOLE, Reason.DELIVERY, dead[where]))
 
     # ---- librdkafka's transactional calls, by kind of failure ----
@@ -264,11 +262,3 @@ class Transactions:
                         f"{what} failed: {error.name()}: {error.str()}"
                     ) from None
                 raise _Abortable(f"{what}: {error.name()}: {error.str()}") from None
-
-
-def _where(value: bytes) -> Where | None:
-    try:
-        source = orjson.loads(value)["source"]
-        return int(source["partition"]), int(source["offset"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None

@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.own_cost import own_cost
+from jaeger_harness import Jaeger
 from model_export.digits.memory_cost import CostPoint, markdown, measure_memory_cost
 from service.cli.produce import encode, encode_messages
 from service.config import Settings
@@ -135,7 +137,10 @@ async def produce_images(
     rate: float = 0.0,
     fmt: str = "json",
     per_message: int = 1,
+    traced: bool = False,
 ) -> None:
+    """`traced`: every message carries a W3C traceparent of its own (a new trace each)."""
+    rng = random.Random(0)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=262_144)
     await producer.start()
     pending = []
@@ -153,6 +158,10 @@ async def produce_images(
             else:
                 ids = [f"{prefix}{k}" for k in range(i, min(i + per_message, len(images)))]
                 key, value, headers = encode_messages(images[i : i + per_message], ids, now, fmt)
+            if traced:
+                trace, span = rng.getrandbits(128) or 1, rng.getrandbits(64) or 1
+                parent = f"00-{trace:032x}-{span:016x}-01".encode()
+                headers = [*(headers or []), ("traceparent", parent)]
             pending.append(await producer.send(topic, value=value, key=key, headers=headers))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
@@ -349,6 +358,13 @@ async def run_worker(
     return result
 
 
+async def run_traced_worker(bootstrap: str, source: str, cfg: Config) -> Throughput:
+    """The worker with tracing on, its spans sent to a Jaeger started for this run."""
+    with Jaeger(cfg.workdir / f"jaeger-{uuid.uuid4().hex[:8]}") as jaeger:
+        endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint}
+        return await run_worker("worker_tracing", bootstrap, source, cfg, endpoint)
+
+
 def latency_summary(latencies: list[float], rate: float) -> dict[str, float]:
     """p50, p99 and max of end-to-end latencies in ms, at `rate` inputs a second."""
     values = np.asarray(latencies)
@@ -531,8 +547,12 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     if cfg.candidate is None and "shadow_cost" in wanted:
         ensure_model(candidate, seed=1)
     run = uuid.uuid4().hex[:8]
-    source, faust_source, binary_source = (f"bench-{k}-{run}" for k in ("in", "faust", "bits"))
-    await create_topics(bootstrap, [source, faust_source, binary_source], cfg.partitions)
+    source, faust_source, binary_source, traced_source = (
+        f"bench-{k}-{run}" for k in ("in", "faust", "bits", "traced")
+    )
+    await create_topics(
+        bootstrap, [source, faust_source, binary_source, traced_source], cfg.partitions
+    )
     console.print(f"producing {cfg.messages} messages over {cfg.partitions} partitions…")
     images = make_images(cfg.messages, cfg.anomalous_share)
     await produce_images(bootstrap, source, images, "img-")
@@ -542,6 +562,9 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
         await produce_images(
             bootstrap, binary_source, images, "bin-", fmt="bits", per_message=cfg.images_per_message
         )
+    if wanted & {"worker_traceparent", "worker_tracing"}:
+        # The same images, each with a W3C traceparent of its own.
+        await produce_images(bootstrap, traced_source, images, "img-", traced=True)
 
     per = cfg.images_per_message
     messages = -(-cfg.messages // per)
@@ -565,6 +588,12 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
             "faust_agent", bootstrap, *faust, label="faust_agent_no_cython", env={"NO_CYTHON": "1"}
         ),
         "worker": lambda: run_worker("worker", bootstrap, source, cfg, {}),
+        # Every input carries a traceparent; tracing (OpenTelemetry) is off.
+        "worker_traceparent": lambda: run_worker(
+            "worker_traceparent", bootstrap, traced_source, cfg, {}
+        ),
+        # The same inputs, tracing on: one span per batch, sent to a local Jaeger.
+        "worker_tracing": lambda: run_traced_worker(bootstrap, traced_source, cfg),
         "worker_exactly_once": lambda: run_worker(
             "worker_exactly_once", bootstrap, source, cfg, EXACTLY_ONCE
         ),
@@ -653,8 +682,8 @@ SECTIONS: Final = (
 )
 CONTENDERS: Final = (
     "librdkafka", "aiokafka", "faust_agent", "faust_agent_quiet_monitor", "faust_agent_no_cython",
-    "worker", "worker_exactly_once", "worker_tuned", "worker_x2", "worker_binary",
-    "worker_binary_anomalies_only", "worker_binary_grouped",
+    "worker", "worker_traceparent", "worker_tracing", "worker_exactly_once", "worker_tuned",
+    "worker_x2", "worker_binary", "worker_binary_anomalies_only", "worker_binary_grouped",
 )  # fmt: skip
 
 
@@ -695,6 +724,9 @@ def ratios_and_targets(report: dict[str, Any]) -> tuple[dict[str, float], dict[s
             "worker_binary_grouped",
             "librdkafka",
         ),
+        "worker_traceparent/worker": ("worker_traceparent", "worker"),
+        "worker_tracing/worker": ("worker_tracing", "worker"),
+        "worker_tracing/worker_traceparent": ("worker_tracing", "worker_traceparent"),
     }
     ratios = {name: rate[a] / rate[b] for name, (a, b) in pairs.items() if a in rate and b in rate}
     if "own_cost" in report:
@@ -718,6 +750,8 @@ def ratios_and_targets(report: dict[str, Any]) -> tuple[dict[str, float], dict[s
             "binary images (scores grouped by message)/librdkafka messages",
             5.0,
         ),
+        # Inputs that carry a traceparent, tracing off: carrying it costs (almost) nothing.
+        "worker_traceparent/worker >= 0.95": ("worker_traceparent/worker", 0.95),
     }
     targets = {name: ratios[r] >= t for name, (r, t) in thresholds.items() if r in ratios}
     if "latency" in report:
