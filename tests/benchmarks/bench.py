@@ -79,7 +79,7 @@ class Config:
     min_seconds: float = 1.0
     # Bigger images, binary u8, one image a message: per size, the messages the passthrough
     # moves and (a prefix of them, timed the same way) the images each worker scores.
-    sized_messages: tuple[tuple[int, int, int], ...] = ((28, 150_000, 40_000), (64, 40_000, 8_000))
+    sized_messages: tuple[tuple[int, int, int], ...] = ((28, 200_000, 40_000), (64, 60_000, 8_000))
     sized_epochs: int = 5
     only: frozenset[str] = frozenset()  # PIXELWATCH_BENCH_ONLY; empty: everything
 
@@ -693,7 +693,7 @@ async def bigger_images(bootstrap: str, cfg: Config, results: dict[str, Throughp
         console.print(f"producing {count} u8 {size}x{size} messages…")
         sample = sized_images(size, min(count, 5000), cfg.anomalous_share, seed=size)
         total = 0
-        for start in range(0, count, 5000):  # in slices: 40,000 64x64 images are 650 MB
+        for start in range(0, count, 5000):  # in slices: 60,000 64x64 images are 980 MB as float32
             chunk = sized_images(size, min(5000, count - start), cfg.anomalous_share, seed=start)
             total += await produce_images(
                 bootstrap, topic, chunk, f"u8-{start}-", fmt="u8", per_message=1
