@@ -52,7 +52,7 @@ typecheck: venv ## mypy (strict)
 test: venv prereqs prometheus browser podman examples lint typecheck ## every test, lint and type check (starts its own Kafka broker)
 	$(BIN)/python -m pytest
 
-eval-digits: venv ## AUROC of every architecture and the defaults vs PCA / IsolationForest / kNN on scikit-learn digits (see README; DIGITS_ARGS=... passes options)
+eval-digits: venv ## AUROC of every architecture and the defaults vs PCA / IsolationForest / kNN on scikit-learn digits (see docs/benchmarks.md; DIGITS_ARGS=... passes options)
 	$(BIN)/python -m model_export.digits --out $(or $(DIGITS_OUT),artifacts/eval-digits) $(DIGITS_ARGS)
 
 bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/)
@@ -67,7 +67,7 @@ broker: venv prereqs ## run a local Kafka broker on port 9092 until Ctrl-C
 dashboard: venv ## regenerate deploy/grafana/dashboards/pixelwatch.json from deploy/grafana/dashboard.py
 	$(BIN)/python deploy/grafana/dashboard.py
 
-screenshot: venv prereqs browser ## regenerate docs/anomaly-page.png, the README's picture of the page, with its browser test
+screenshot: venv prereqs browser ## regenerate docs/anomaly-page.png, the picture of the page in the README and the docs, with its browser test
 	@mkdir -p docs
 	PIXELWATCH_SCREENSHOT=docs/anomaly-page.png $(BIN)/python -m pytest -q \
 	  tests/test_web_browser.py::test_the_page_shows_exactly_the_flagged_images_and_a_new_one_arrives_without_reload

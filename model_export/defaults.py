@@ -1,6 +1,6 @@
 """The `auto` defaults of `pixelwatch train`: architecture, code size and metric from the data.
 
-The rule (`pixelwatch train --help` and the README say the same); a flag given always wins,
+The rule (`pixelwatch train --help` and docs/training.md say the same); a flag given always wins,
 only what is left `auto` is chosen:
 
 - Fewer than `MANY_IMAGES` images (the course trains on two): the course's model, `dense`
@@ -12,8 +12,8 @@ only what is left `auto` is chosen:
   benchmark's leave-one-out protocol (nine kinds of normal image, a novelty of a tenth)
   conv with a 32-wide code and `memory` is the best configuration in both modes, where the
   course's dense network with Hamming is among the weakest. The code size was compared at
-  8, 16, 32 and 64 on 8x8 images (README, *What was tuned on what*); that it grows with the
-  square root of the pixel count beyond is an assumption, not a measurement.
+  8, 16, 32 and 64 on 8x8 images (docs/benchmarks.md, *What was tuned on what*); that it
+  grows with the square root of the pixel count beyond is an assumption, not a measurement.
 - A code size is chosen only with the architecture: `--arch conv` alone keeps conv's own
   default code, as any explicit architecture keeps its own sizes.
 

@@ -44,7 +44,7 @@ from model_export.calibrate import DEFAULT_THRESHOLD
 from service.errors import PixelwatchError
 from service.scoring.model import MemoryInfo
 
-DEFAULT_CODES: Final = 1024  # codes stored at most; the README's cost table shows why
+DEFAULT_CODES: Final = 1024  # codes stored at most; the cost table in docs/benchmarks.md shows why
 DEFAULT_K: Final = 1
 SPREAD_FLOOR: Final = 0.01  # a similarity that barely varies on calibration is not infinitely sure
 CALIBRATION_QUANTILE: Final = 0.99  # both maps put the default threshold (0.60) here
@@ -103,10 +103,10 @@ class MemoryBank(nn.Module):
     """codes [batch, c] and the Hamming similarity [batch] -> (memory, combined).
 
     Squared distances use the expanded form |z|^2 - 2 z.b + |b|^2: one matrix product
-    against the stored codes, which is what makes a large bank affordable (the README's cost
-    table). Its float32 rounding leaves a stored code a distance of about 1e-3 of the codes'
-    size instead of 0, so such an image scores memory 0.999 or so rather than exactly 1; the
-    codes are centred on their mean to keep that small.
+    against the stored codes, which is what makes a large bank affordable (the cost table in
+    docs/benchmarks.md). Its float32 rounding leaves a stored code a distance of about 1e-3 of
+    the codes' size instead of 0, so such an image scores memory 0.999 or so rather than
+    exactly 1; the codes are centred on their mean to keep that small.
     """
 
     def __init__(self, bank: NDArray[np.floating], info: MemoryInfo) -> None:

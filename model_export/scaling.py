@@ -1,6 +1,6 @@
 """How training scales with the data: the automatic batch size and the early-stopping split.
 
-The rule (`pixelwatch train --help` and the README say the same):
+The rule (`pixelwatch train --help` and docs/training.md say the same):
 
 - Fewer than `EARLY_STOPPING_MIN` images (the course trains on two): no held-out set, no early
   stopping, one image per optimiser step, every one of `--epochs` runs. Exactly the course.

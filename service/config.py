@@ -290,9 +290,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         if not name.startswith(PREFIX) or name in valid:
             continue
         close = difflib.get_close_matches(name.removeprefix(PREFIX), sorted(names), n=1, cutoff=0.7)
-        hint = (
-            f"did you mean {names[close[0]]}?" if close else "see the Settings table in README.md"
-        )
+        hint = f"did you mean {names[close[0]]}?" if close else "see docs/reference/settings.md"
         lines.append(f"{name} is not a pixelwatch setting; {hint}")
     return lines
 

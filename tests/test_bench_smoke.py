@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench import (
-    PARTS,
+    CONTENDERS,
     SIZED,
     TOO_SHORT,
     Config,
@@ -15,9 +15,9 @@ from benchmarks.bench import (
     bench,
     ensure_model,
     make_images,
-    only_from_env,
     print_table,
     ratio,
+    selected,
     timed,
 )
 from benchmarks.own_cost import STAGES
@@ -56,7 +56,7 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         "librdkafka_u8_28x28", "worker_u8_28x28_dense", "worker_u8_28x28_conv",
         "librdkafka_u8_64x64", "worker_u8_64x64_dense", "worker_u8_64x64_conv",
     }  # fmt: skip
-    assert set(report["throughput"]) == expected == set(PARTS) & expected
+    assert set(report["throughput"]) == expected == set(CONTENDERS)
     flagged_8x8 = float(load_model(seed_model_path).score(make_images(400, 0.05)).anomaly.mean())
     for name, row in report["throughput"].items():
         assert row["per_second"] > 0 and math.isfinite(row["per_second"]), name
@@ -168,11 +168,11 @@ def test_a_rate_is_given_only_from_the_least_time_on() -> None:
     assert isinstance(long, Throughput)
 
 
-def test_bench_only_names_known_parts_and_refuses_others() -> None:
-    assert only_from_env(None) == frozenset()
-    assert only_from_env(" worker, librdkafka_u8_64x64 ,") == {"worker", "librdkafka_u8_64x64"}
-    with pytest.raises(SystemExit, match="unknown wroker; known: librdkafka, aiokafka"):
-        only_from_env("worker,wroker")
+def test_a_subset_names_known_contenders_and_sections_and_refuses_others() -> None:
+    assert selected(None) >= {"worker_u8_64x64_conv", "librdkafka_u8_28x28", "cost_by_size"}
+    assert selected(frozenset({"librdkafka_u8_64x64"})) == {"librdkafka_u8_64x64"}
+    with pytest.raises(ValueError, match="unknown wroker; choose from librdkafka, aiokafka"):
+        selected(frozenset({"worker", "wroker"}))
 
 
 def test_the_shadow_cost_measurement_reports_both_variants_and_their_ratio(

@@ -71,7 +71,7 @@ def test_only_our_namespace_is_checked_and_every_setting_is_known() -> None:
     assert unknown_variables({"PATH": "/bin", "PIXELWATCH_BATCH_SIZE": "5"}) == []
     assert unknown_variables({"PIXELWATCH_CACHE_DIR": "/tmp"}) == []  # the broker's jar cache
     assert unknown_variables({"PIXELWATCH_FRAMES": "1"}) == [
-        "PIXELWATCH_FRAMES is not a pixelwatch setting; see the Settings table in README.md"
+        "PIXELWATCH_FRAMES is not a pixelwatch setting; see docs/reference/settings.md"
     ]
 
 

@@ -287,8 +287,8 @@ def test_service_monitor_scrapes_the_worker_service_as_the_alerts_job(
     assert jobs == [job]
 
 
-def test_readme_names_the_kubernetes_files_it_deploys() -> None:
-    text = (REPO / "README.md").read_text()
+def test_the_deployment_page_names_the_kubernetes_files_it_deploys() -> None:
+    text = (REPO / "docs" / "deployment.md").read_text()
     assert "kubectl apply -k deploy/k8s" in text
     for path in sorted(K8S.glob("*.yaml")):
         assert str(Path("deploy/k8s") / path.name) in text or path.name in text, path.name

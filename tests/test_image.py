@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from model_fixtures import SEED_TEST
 from service.kafka.broker import default_cache_dir, free_port
-from worker_harness import REPO, WorkerTopics, assert_readme_states, consume_until
+from worker_harness import REPO, WorkerTopics, assert_documented, consume_until
 
 TAG: Final = "test"
 RESULTS_DIR: Final = REPO / "build-results"
@@ -55,7 +55,7 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> str:
 
 def build_image(target: str, timeout: float, **extra: str) -> str:
     """`deploy/image.sh TARGET`, as `make image` runs it; returns the image's name."""
-    # The debootstrap base, whatever the caller's PYTHON_IMAGE: the build the README reports.
+    # The debootstrap base, whatever the caller's PYTHON_IMAGE: the build the docs report.
     env = {k: v for k, v in os.environ.items() if k != "PYTHON_IMAGE"}
     env |= {"IMAGE_TAG": TAG, "RESULTS_DIR": str(RESULTS_DIR), **extra}
     done = subprocess.run(
@@ -204,12 +204,12 @@ def test_the_image_runs_as_user_10001_without_any_training_dependency(worker_ima
     out = podman("run", "--rm", "--network", "none", "--entrypoint", "python", worker_image,
                  "-c", code)  # fmt: skip
     assert json.loads(out) == [10001, []]
-    # The size deploy/image.sh measured, for the README.
+    # The size deploy/image.sh measured, for the deployment page.
     result = json.loads((RESULTS_DIR / "image-worker.json").read_text())
     assert result["image"] == f"pixelwatch-worker:{TAG}" and result["size_bytes"] > 0
-    assert result["base"] == "localhost/pixelwatch-base:bookworm"  # the README's build
+    assert result["base"] == "localhost/pixelwatch-base:bookworm"  # the deployment page's build
     sizes = [result["size_bytes"] / 1e6, result["base_size_bytes"] / 1e6]
-    assert_readme_states("build-results/image-worker.json", sizes)
+    assert_documented("build-results/image-worker.json", sizes)
 
 
 @pytest.fixture(scope="module")
@@ -242,4 +242,4 @@ def test_the_model_image_holds_a_model_trained_in_its_build_that_flags_the_corne
         False, False, True, False,
     ]  # fmt: skip
     result = json.loads((RESULTS_DIR / "image-model.json").read_text())
-    assert_readme_states("build-results/image-model.json", [result["size_bytes"] / 1e6])
+    assert_documented("build-results/image-model.json", [result["size_bytes"] / 1e6])

@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import Message, TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kafka_messages import kafka_message
 from service.config import Settings
 from service.controlplane.app import create_app
-from service.dataplane.loop import partition_lag
+from service.dataplane.loop import partition_lag, watermarks
 from service.dataplane.pipeline import BatchScorer
 from service.observability.metrics import (
     SIMILARITY_BUCKETS,
@@ -188,6 +188,46 @@ def test_partition_lag_is_the_high_watermark_minus_the_committed_offset(
     highwater: int, committed: int | None, low: int, lag: int
 ) -> None:
     assert partition_lag(highwater, committed, low) == lag
+
+
+class WatermarkConsumer:
+    """Stands in for the consumer's two watermark sources: its cache of the last fetch, and a
+    query to the broker (which the tests count)."""
+
+    def __init__(self, cached: tuple[int, int], broker: tuple[int, int]) -> None:
+        self.cached, self.broker = cached, broker
+        self.queries = 0
+
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
+        if cached:
+            return self.cached
+        self.queries += 1
+        return self.broker
+
+
+def test_the_lag_refresh_reads_the_last_fetchs_high_watermark_without_asking_the_broker() -> None:
+    consumer = WatermarkConsumer(cached=(-1001, 120), broker=(0, 125))
+    tp = TopicPartition("images", 0)
+    assert watermarks(consumer, tp, committed=100) == (-1001, 120)  # type: ignore[arg-type]
+    assert consumer.queries == 0  # a broker query would wait behind the consumer's own fetch
+
+
+@pytest.mark.parametrize(
+    ("cached", "committed"),
+    [
+        ((-1001, -1001), 100),  # the partition was not fetched yet
+        ((-1001, 120), None),  # nothing committed: the lag counts from the low watermark
+    ],
+)
+def test_the_lag_refresh_asks_the_broker_when_the_cache_cannot_answer(
+    cached: tuple[int, int], committed: int | None
+) -> None:
+    consumer = WatermarkConsumer(cached=cached, broker=(30, 125))
+    tp = TopicPartition("images", 0)
+    assert watermarks(consumer, tp, committed) == (30, 125)  # type: ignore[arg-type]
+    assert consumer.queries == 1
 
 
 def test_metrics_page_exposes_ours_and_fausts_from_one_registry(

@@ -88,14 +88,14 @@ def test_aggregating_alerts_keep_namespaces_apart() -> None:
             assert "namespace" in grouping.split(", "), (rule["alert"], grouping)
 
 
-def test_every_alert_links_its_runbook_entry_in_operations_md() -> None:
-    operations = (PROMETHEUS_DIR.parent / "OPERATIONS.md").read_text()
+def test_every_alert_links_its_runbook_entry_on_the_operations_page() -> None:
+    operations = (PROMETHEUS_DIR.parents[1] / "docs" / "operations.md").read_text()
     anchors = set(re.findall(r'<a id="([^"]+)"></a>', operations))
     for rule in rules():
         annotations = rule["annotations"]
         assert "runbook" not in annotations, "Alertmanager and Grafana read runbook_url"
         path, _, anchor = annotations["runbook_url"].partition("#")
-        assert path == "deploy/OPERATIONS.md" and anchor == rule["alert"].lower()
+        assert path == "docs/operations.md" and anchor == rule["alert"].lower()
         assert anchor in anchors, f"no runbook entry for {rule['alert']}"
 
 

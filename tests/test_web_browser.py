@@ -3,7 +3,7 @@
 The first test streams the course's test images, normal images and noise through the real
 broker and the real worker, and reads the page as a person would see it. Set
 PIXELWATCH_SCREENSHOT=PATH to also copy its screenshot there (`make screenshot` does, for
-the README).
+the README and the docs).
 """
 
 import asyncio

@@ -4,7 +4,7 @@ The sdist and the wheel are built (`python -m build`: the wheel from the sdist, 
 sdist leaves out is missing from the wheel too) and checked with `twine check`. The wheel is
 installed, not editable, into a new venv with the runtime dependencies only (no `train` extra),
 and every command runs from a directory outside the checkout, so nothing is found through it.
-The venv's size goes to build-results/runtime-venv.json for the README.
+The venv's size goes to build-results/runtime-venv.json for the deployment page.
 """
 
 import asyncio
@@ -27,7 +27,7 @@ from worker_harness import (
     REPO,
     WorkerProcess,
     WorkerTopics,
-    assert_readme_states,
+    assert_documented,
     broker_command_until_ready,
     consume_until,
     worker_env,
@@ -145,7 +145,7 @@ def test_the_runtime_venv_is_not_editable_and_holds_no_training_dependency(
         )
         + "\n"
     )
-    assert_readme_states("build-results/runtime-venv.json", [size / 1e6])
+    assert_documented("build-results/runtime-venv.json", [size / 1e6])
 
 
 def test_help_lists_every_command_from_outside_the_checkout(venv: Path, outside: Path) -> None:

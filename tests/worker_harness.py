@@ -515,22 +515,23 @@ def container_command(
     )
 
 
-def readme_figures(results_file: str) -> list[int]:
-    """The megabyte figures of the README's row that cites `results_file`, in order."""
-    readme = (REPO / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if line.startswith("|")]
+def documented_figures(results_file: str) -> list[int]:
+    """The megabyte figures of the deployment page's row that cites `results_file`, in order."""
+    page = (REPO / "docs" / "deployment.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("|")]
     [row] = [line for line in rows if f"`{results_file}`" in line]
     return [int(n) for n in re.findall(r"(\d+) MB", row)]
 
 
-def assert_readme_states(results_file: str, measured_mb: list[float]) -> None:
-    """The README's sizes are the ones measured, within 15% (pip and Debian move them a little;
-    a new dependency or a stale row does not pass)."""
-    stated = readme_figures(results_file)
+def assert_documented(results_file: str, measured_mb: list[float]) -> None:
+    """The deployment page's sizes are the ones measured, within 15% (pip and Debian move them a
+    little; a new dependency or a stale row does not pass)."""
+    stated = documented_figures(results_file)
     assert len(stated) == len(measured_mb), (stated, measured_mb)
     for said, got in zip(stated, measured_mb, strict=True):
         assert abs(said - got) <= 0.15 * got, (
-            f"README.md says {said} MB where {results_file} measured {got:.0f} MB: update the row"
+            f"docs/deployment.md says {said} MB where {results_file} measured {got:.0f} MB: "
+            "update the row"
         )
 
 

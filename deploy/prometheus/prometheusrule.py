@@ -20,7 +20,7 @@ HEADER: Final = """\
 # Generated from deploy/prometheus/alerts.yml by deploy/prometheus/prometheusrule.py: edit
 # alerts.yml, then run `make prometheusrule`. The Prometheus Operator loads it; with
 # kube-prometheus-stack add the label its ruleSelector expects (by default
-# `release: <helm release>`). What each alert means: deploy/OPERATIONS.md.
+# `release: <helm release>`). What each alert means: docs/operations.md.
 """
 
 

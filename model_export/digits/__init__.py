@@ -1,6 +1,6 @@
 """`make eval-digits`: detection quality on scikit-learn's bundled 8x8 digits, two protocols.
 
-The protocols (the README's "Detection quality" section explains the choices):
+The protocols (docs/benchmarks.md ("Detection quality") explains the choices):
 
 - Data: `sklearn.datasets.load_digits` (1797 images, 8x8, values 0..16, no download),
   scaled to [0, 1]. Gray mode uses these values; binary mode thresholds them at 0.5

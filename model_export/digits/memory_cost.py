@@ -5,7 +5,7 @@
 `Model.score` (the runtime's one onnxruntime call, one thread, as the worker runs it) per
 batch size. Every figure is also given as a ratio to the smallest bank of the same run, so
 the machine's speed cancels out. `python -m model_export.digits.memory_cost` prints the
-table the README shows; other code (the benchmark suite) can call the function.
+table docs/benchmarks.md shows; other code (the benchmark suite) can call the function.
 """
 
 import argparse

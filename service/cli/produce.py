@@ -2,7 +2,7 @@
 
 Images go one per JSON message by default; `--format u8|bits` sends binary pixels, and
 `--per-message N` packs N images into each message (a JSON batch, or N binary images back
-to back), the shapes deploy/schemas/ and the README describe.
+to back), the shapes deploy/schemas/ and docs/messages.md describe.
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Consumed messages in, one float32 pixel array out: the decoding half of the hot path.
 
-Three kinds of message carry images (deploy/schemas/ and the README describe them):
+Three kinds of message carry images (deploy/schemas/ and docs/messages.md describe them):
 
 - a JSON image, `{"id": ..., "pixels": [...], "ts": ...}`;
 - a JSON batch, `{"images": [image, image, ...]}`;

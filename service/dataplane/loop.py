@@ -639,9 +639,7 @@ class DataPlane:
             if unknown:
                 self._committed_offsets(None, consumer.committed(unknown, timeout=2.0))
             for key in sorted(self._assigned):
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(*key), timeout=2.0, cached=False
-                )
+                low, high = watermarks(consumer, TopicPartition(*key), self._committed.get(key))
                 lags[key] = partition_lag(high, self._committed.get(key), low)
         except KafkaException as exc:
             self._client_error(exc.args[0])
@@ -694,6 +692,20 @@ def static_membership(settings: Settings) -> dict[str, Any]:
     same id) within the session timeout gets its partitions back without a rebalance."""
     instance = settings.instance_id
     return {"group.instance.id": instance} if instance else {}
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, committed: int | None) -> tuple[int, int]:
+    """A partition's low and high watermarks for its lag, from this consumer's last fetch when
+    it has one. Asking the broker waits behind the consumer's own long-polling fetch on the same
+    connection (up to fetch.wait.max.ms, 500 ms, a partition) whenever everything available is
+    already fetched: the loop stood still for up to 2 s every lag interval. librdkafka refetches
+    whenever its queue has room, so the cached high watermark is one fetch old while the loop
+    consumes. The broker is asked only before the partition's first fetch, or while nothing is
+    committed there (the lag is then counted from the low watermark, which is not cached)."""
+    low, high = consumer.get_watermark_offsets(tp, cached=True)
+    if high < 0 or committed is None:
+        low, high = consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+    return low, high
 
 
 def partition_lag(highwater: int, committed: int | None, low: int) -> int:

@@ -16,7 +16,7 @@ The other two come from the graph's memory bank of latent codes (model_export.me
   averaged, and mapped to [0, 1] (`combined_similarity`).
 
 `scale` and the standardisation come from the model's metadata (`MemoryInfo`); the
-README's "Similarity metrics" section documents how they are fitted.
+docs/training.md ("Similarity metrics") documents how they are fitted.
 
 >>> import numpy as np
 >>> square = np.zeros(64); square[[9, 10]] = 1.0

@@ -9,11 +9,14 @@ in-process (own_cost.py) against plain JSON decoding and encoding of the same me
 
     PYTHONPATH=tests python -m benchmarks.bench [--messages 200000] [--out bench-results/bench.json]
 
+A subset, to compare two contenders within one run (`--only`, or PIXELWATCH_BENCH_ONLY):
+
+    PYTHONPATH=tests python -m benchmarks.bench --only worker,worker_exactly_once \
+        --out bench-results/subset.json
+
 Every contender's row says what it consumed: the load mix, the image size and the share of
 images its model flags. A contender whose outputs all arrive within `min_seconds` is reported
-as too short to time, without a rate. PIXELWATCH_BENCH_ONLY (comma-separated names from
-`PARTS`) runs only those contenders and measurements; the ratios and targets whose figures
-were not run are left out.
+as too short to time, without a rate, and the ratios it takes part in are null.
 """
 
 import argparse
@@ -81,10 +84,8 @@ class Config:
     # moves and (a prefix of them, timed the same way) the images each worker scores.
     sized_messages: tuple[tuple[int, int, int], ...] = ((28, 200_000, 40_000), (64, 60_000, 8_000))
     sized_epochs: int = 5
-    only: frozenset[str] = frozenset()  # PIXELWATCH_BENCH_ONLY; empty: everything
-
-    def wants(self, name: str) -> bool:
-        return not self.only or name in self.only
+    # The contenders and sections to run (CONTENDERS, SECTIONS); None: all of them.
+    only: frozenset[str] | None = None
 
 
 TOO_SHORT = "too short to time"
@@ -595,7 +596,7 @@ def ensure_model(path: Path, seed: int = 0) -> None:
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
-THROUGHPUT: Final = (
+_THROUGHPUT: Final = (
     "librdkafka", "aiokafka", "faust_agent", "faust_agent_quiet_monitor",
     "faust_agent_no_cython", "worker", "worker_exactly_once", "worker_tuned", "worker_x2",
     "worker_binary", "worker_binary_anomalies_only", "worker_binary_grouped",
@@ -605,12 +606,11 @@ SIZED: Final = tuple(
     for s in SIZES
     for name in (f"librdkafka_u8_{s}x{s}", *(f"worker_u8_{s}x{s}_{a}" for a in ARCHITECTURES))
 )
-MEASUREMENTS: Final = (
+SECTIONS: Final = (
     "latency", "commit_interval_trade_off", "own_cost", "cost_by_size", "shadow_cost",
     "memory_bank_cost",
 )  # fmt: skip
-PARTS: Final = THROUGHPUT + SIZED + MEASUREMENTS
-"""What PIXELWATCH_BENCH_ONLY may name."""
+CONTENDERS: Final = _THROUGHPUT + SIZED
 _JSON_READERS: Final = (
     "librdkafka", "aiokafka", "worker", "worker_exactly_once", "worker_tuned", "worker_x2",
     "commit_interval_trade_off",
@@ -654,15 +654,20 @@ RATIO_TARGETS: Final = {
 }  # fmt: skip
 
 
-def only_from_env(value: str | None) -> frozenset[str]:
-    """PIXELWATCH_BENCH_ONLY's names; an unknown one is an error that lists the known."""
-    names = frozenset(n.strip() for n in (value or "").split(",") if n.strip())
-    unknown = sorted(names - set(PARTS))
+def selected(only: frozenset[str] | None) -> frozenset[str]:
+    """What a run measures: everything, or the named contenders and sections (the latency
+    sections run at half the worker's rate, so they bring the `worker` contender along)."""
+    if only is None:
+        return frozenset(CONTENDERS + SECTIONS)
+    unknown = only - set(CONTENDERS) - set(SECTIONS)
     if unknown:
-        raise SystemExit(
-            f"PIXELWATCH_BENCH_ONLY: unknown {', '.join(unknown)}; known: {', '.join(PARTS)}"
+        raise ValueError(
+            f"--only: unknown {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(CONTENDERS + SECTIONS)}"
         )
-    return names
+    if only & {"latency", "commit_interval_trade_off"}:
+        return only | {"worker"}
+    return only
 
 
 def size_name(model: Model) -> str:
@@ -676,13 +681,16 @@ def sized_load(path: Path, sample: NDArray[np.float32], share: float, per_image:
     return Load(mix(share), size_name(model), model.shape.size, flagged, per_image)
 
 
-async def bigger_images(bootstrap: str, cfg: Config, results: dict[str, Throughput]) -> None:
+async def bigger_images(
+    bootstrap: str, cfg: Config, wanted: frozenset[str], results: dict[str, Throughput]
+) -> None:
     """Binary u8 messages of one 28x28 or 64x64 image: the passthrough and a worker per
     architecture on the same topic (the workers time a prefix of it: fewer images)."""
     for size, count, scored in cfg.sized_messages:
+        wants = wanted.__contains__
         names = [f"worker_u8_{size}x{size}_{a}" for a in ARCHITECTURES]
         passthrough = f"librdkafka_u8_{size}x{size}"
-        if not any(cfg.wants(n) for n in (passthrough, *names)):
+        if not any(wants(n) for n in (passthrough, *names)):
             continue
         paths = {
             n: ensure_sized_model(cfg.model.parent, size, a, cfg.sized_epochs)
@@ -699,13 +707,13 @@ async def bigger_images(bootstrap: str, cfg: Config, results: dict[str, Throughp
                 bootstrap, topic, chunk, f"u8-{start}-", fmt="u8", per_message=1
             )
 
-        if cfg.wants(passthrough):
+        if wants(passthrough):
             done = await run_contender("librdkafka", bootstrap, topic, count, cfg, passthrough)
             results[passthrough] = done.describe(
                 sized_load(paths[names[0]], sample, cfg.anomalous_share, total / count)
             )
         for name in names:
-            if cfg.wants(name):
+            if wants(name):
                 extra = {"PIXELWATCH_MODEL": str(paths[name])}
                 done = await run_worker(name, bootstrap, topic, cfg, extra, expected=scored)
                 results[name] = done.describe(
@@ -714,7 +722,8 @@ async def bigger_images(bootstrap: str, cfg: Config, results: dict[str, Throughp
 
 
 async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
-    wants = cfg.wants
+    wanted = selected(cfg.only)
+    wants = wanted.__contains__
     ensure_model(cfg.model)
     model = load_model(cfg.model)
     candidate = cfg.candidate or cfg.workdir / "candidate.onnx"
@@ -729,11 +738,11 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     sent = {"json": 0, "faust": 0, "bits": 0}
     if any(wants(n) for n in _JSON_READERS):
         sent["json"] = await produce_images(bootstrap, source, images, "img-")
-    if any(wants(n) for n in THROUGHPUT if n.startswith("faust")):
+    if any(wants(n) for n in _THROUGHPUT if n.startswith("faust")):
         sent["faust"] = await produce_images(
             bootstrap, faust_source, images[: cfg.faust_messages], "img-"
         )
-    if any(wants(n) for n in THROUGHPUT if n.startswith("worker_binary")):
+    if any(wants(n) for n in _THROUGHPUT if n.startswith("worker_binary")):
         sent["bits"] = await produce_images(
             bootstrap, binary_source, images, "bin-", fmt="bits", per_message=per
         )
@@ -817,7 +826,7 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
             expected=-(-cfg.messages // per), images=cfg.messages,
         ),
     )  # fmt: skip
-    await bigger_images(bootstrap, cfg, results)
+    await bigger_images(bootstrap, cfg, wanted, results)
 
     report: dict[str, Any] = {
         "machine": {
@@ -924,6 +933,7 @@ def print_table(report: dict[str, Any]) -> None:
         )  # fmt: skip
     out = Console(highlight=False)
     out.print(table)
+    out.print(f"load average: {', '.join(f'{x:.2f}' for x in report['machine']['load_average'])}")
     if "latency" in report:
         lat = report["latency"]
         out.print(
@@ -989,13 +999,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds)
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting a local one")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    parser.add_argument(
+        "--only",
+        default=os.environ.get("PIXELWATCH_BENCH_ONLY"),
+        metavar="NAME,...",
+        help="run only these contenders and sections, comma-separated (default: "
+        "$PIXELWATCH_BENCH_ONLY, or all). Contenders: "
+        + ", ".join(CONTENDERS)
+        + "; sections: "
+        + ", ".join(SECTIONS)
+        + " (the latency sections bring `worker` along). Ratios and "
+        "targets are reported for what ran; write a subset elsewhere than the full run's file "
+        "with --out",
+    )
     args = parser.parse_args(argv)
+    only = frozenset(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
+    try:
+        selected(only)
+    except ValueError as exc:
+        parser.error(str(exc))
     cfg = Config(
         messages=args.messages,
         partitions=args.partitions,
         faust_messages=min(args.faust_messages, args.messages),
         latency_seconds=args.latency_seconds,
-        only=only_from_env(os.environ.get("PIXELWATCH_BENCH_ONLY")),
+        only=only,
     )
     if args.bootstrap:
         report = asyncio.run(bench(args.bootstrap, cfg))
