@@ -106,7 +106,7 @@ STAGES = ("decode", "onnx", "encode", "produce")
 
 
 def cost_by_size(
-    models: dict[str, tuple[Model, NDArray[np.float32]]], batch: int = 500, repeats: int = 5
+    models: dict[str, tuple[Model, NDArray[np.float32]]], batch: int = 500, repeats: int = 15
 ) -> list[dict[str, Any]]:
     """Microseconds per image and stage, best of `repeats`, for each (model, its images):
     single-image `u8` messages in batches of `batch`, with the worker's default outputs
