@@ -301,9 +301,11 @@ def stop(contender: Contender) -> None:
 
 def spawn(argv: list[str], env: dict[str, str], log: Path) -> Contender:
     log.parent.mkdir(parents=True, exist_ok=True)
+    # The bench's own variable is not a worker setting: a worker refuses unknown PIXELWATCH_*.
+    inherited = {k: v for k, v in os.environ.items() if k != "PIXELWATCH_BENCH_ONLY"}
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
+            argv, env={**inherited, **env}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
         )
     return Contender(process, log)
 
