@@ -55,8 +55,8 @@ test: venv prereqs prometheus browser podman examples lint typecheck ## every te
 eval-digits: venv ## AUROC of every architecture and the defaults vs PCA / IsolationForest / kNN on scikit-learn digits (see docs/benchmarks.md; DIGITS_ARGS=... passes options)
 	$(BIN)/python -m model_export.digits --out $(or $(DIGITS_OUT),artifacts/eval-digits) $(DIGITS_ARGS)
 
-bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/; PIXELWATCH_BENCH_ONLY=a,b runs some, BENCH_OUT=file)
-	PYTHONPATH=tests $(BIN)/python -m benchmarks.bench --out $(or $(BENCH_OUT),bench-results/bench.json)
+bench: venv prereqs ## benchmark the worker against the pipeline's limits (minutes; bench-results/; BENCH_ONLY=a,b runs some, BENCH_OUT=file)
+	PYTHONPATH=tests $(BIN)/python -m benchmarks.bench $(if $(BENCH_OUT),--out $(BENCH_OUT))
 
 chaos: venv prereqs ## fault suite in both processing guarantees: kill -9, SIGTERM, broker kill, rebalance, poison, fuzz, undeliverable output (~20 min; chaos-results/)
 	$(BIN)/python tests/chaos/suite.py
@@ -81,6 +81,9 @@ schemas: venv ## regenerate deploy/schemas/*.json from the pydantic models
 reference: venv ## regenerate docs/reference/*.md (CLI, settings, messages) and the code blocks of docs/examples.md
 	$(BIN)/python docs/generate.py
 
+plots: venv ## render docs/plots/*.png from bench-results/bench.json, chaos-results/chaos.json and artifacts/eval-digits/results.json (BENCH=, CHAOS=, DIGITS= pick other files)
+	$(BIN)/python docs/plots.py $(if $(BENCH),--bench $(BENCH)) $(if $(CHAOS),--chaos $(CHAOS)) $(if $(DIGITS),--digits $(DIGITS))
+
 docs: venv ## build the documentation site, strict (a broken link or anchor fails), into build/site
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
@@ -90,4 +93,4 @@ docs-serve: venv ## serve the documentation site on http://127.0.0.1:8000/, rebu
 clean: ## remove generated models, caches and local broker data (keeps .venv)
 	rm -rf artifacts .kafka .pixelwatch .pytest_cache .mypy_cache .ruff_cache chaos-results build-results dist
 
-.PHONY: help venv prereqs prometheus browser podman examples image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference docs docs-serve clean
+.PHONY: help venv prereqs prometheus browser podman examples image screenshot demo lint typecheck test eval-digits bench chaos broker dashboard prometheusrule schemas reference plots docs docs-serve clean

@@ -18,6 +18,7 @@ from model_export.defaults import (
     MANY_METRIC,
     MAX_CODE,
     MIN_CODE,
+    ONE_KIND_LIKENESS,
 )
 from model_export.pipeline import MODES, OptionError, TrainOptions, TrainResult, train_and_export
 from model_export.scaling import (
@@ -59,10 +60,14 @@ STOPPING_RULE = (
 )
 DEFAULTS_RULE = (
     f"Fewer than {MANY_IMAGES} images: the course's model, --arch {COURSE_ARCH} with its own "
-    f"sizes and --metric {COURSE_METRIC}. {MANY_IMAGES} images or more: --arch {MANY_ARCH} with "
+    f"sizes and --metric {COURSE_METRIC}. From {MANY_IMAGES} images the rule measures how "
+    "alike they are: their likeness is the mean cosine similarity of each image to the mean "
+    "image, both thresholded at 0.5. Images of one kind (likeness at least "
+    f"{ONE_KIND_LIKENESS:.2f}, as one digit's images) keep the course's model. Images of many "
+    f"kinds (below {ONE_KIND_LIKENESS:.2f}, as nine digits' images) get --arch {MANY_ARCH} with "
     f"a code of {CODE_PER_ROOT_PIXEL} x sqrt(pixels), rounded, within {MIN_CODE}..{MAX_CODE} "
     f"(32 at 8x8), and --metric {MANY_METRIC}. A flag given always wins; the code size is "
-    "chosen only with the architecture."
+    "chosen only with the architecture. train prints the choice and the likeness."
 )
 STOPPING_HELP = (
     "how long training runs (--epochs, --patience, --batch-size and --lr auto):\n"

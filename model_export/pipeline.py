@@ -38,7 +38,7 @@ from model_export.calibrate import (
     fixed,
     split_holdout,
 )
-from model_export.defaults import AUTO, COURSE_ARCH, MANY_ARCH, MANY_IMAGES, Choice, choose
+from model_export.defaults import AUTO, Choice, choose
 from model_export.export import ScoringGraph, export_scoring_graph, scoring_graph, write_metadata
 from model_export.memory import DEFAULT_CODES, DEFAULT_K, MemorySettings
 from model_export.reference import with_reference
@@ -184,7 +184,7 @@ def train_and_export(data: Path, out: Path, options: TrainOptions = TrainOptions
     with _timed(timings, "read"):
         normal = _read(data, options)
     log.debug("%s: %d images, training on %d", data, len(normal.images), len(normal.train_rows))
-    choice = _choose(options, len(normal.images))
+    choice = _choose(options, normal.images.pixels)
     options = dataclasses.replace(options, arch=choice.arch, arch_params=choice.arch_params)
 
     batch_size = _batch_size(options, len(normal.train_rows))
@@ -339,12 +339,11 @@ def _read(data: Path, options: TrainOptions) -> _Normal:
     return _Normal(images, digest, train_rows, holdout, validation)
 
 
-def _choose(options: TrainOptions, images: int) -> Choice:
+def _choose(options: TrainOptions, pixels: Pixels) -> Choice:
     try:
-        return choose(images, options.shape, options.arch, options.arch_params, options.metric)
+        return choose(pixels, options.shape, options.arch, options.arch_params, options.metric)
     except ArchitectureError as exc:
-        arch = MANY_ARCH if images >= MANY_IMAGES else COURSE_ARCH
-        raise OptionError(f"--arch auto chose {arch}: {exc}") from None
+        raise OptionError(str(exc)) from None
 
 
 def _digest(images: ImageSet) -> str:

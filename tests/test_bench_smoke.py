@@ -14,9 +14,11 @@ from benchmarks.bench import (
     Throughput,
     bench,
     ensure_model,
+    main,
     make_images,
     print_table,
     ratio,
+    results_file,
     selected,
     timed,
 )
@@ -135,8 +137,8 @@ async def test_a_run_shorter_than_the_least_time_is_reported_too_short_to_time(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # As `make bench` gets it: the worker must not see it (it refuses unknown settings).
-    monkeypatch.setenv("PIXELWATCH_BENCH_ONLY", "librdkafka,worker")
+    # As `make bench` gets it; the workers inherit it and must accept it.
+    monkeypatch.setenv("BENCH_ONLY", "librdkafka,worker")
     cfg = Config(
         messages=200,
         partitions=2,
@@ -201,3 +203,51 @@ def test_a_cached_model_this_build_refuses_is_trained_again(tmp_path: Path) -> N
     stale.write_bytes(b"a model file from another build")
     ensure_model(stale)
     assert load_model(stale).metadata.threshold == pytest.approx(0.6)
+
+
+async def test_only_runs_the_named_contenders_and_reports_the_ratios_of_what_ran(
+    kafka_bootstrap: str, seed_model_path: Path, tmp_path: Path
+) -> None:
+    cfg = Config(
+        messages=200,
+        partitions=2,
+        model=seed_model_path,
+        workdir=tmp_path,
+        only=frozenset({"worker", "worker_exactly_once"}),
+    )
+    report = await bench(kafka_bootstrap, cfg)
+    assert set(report["throughput"]) == {"worker", "worker_exactly_once"}
+    assert set(report["ratios"]) == {"worker_exactly_once/worker"}
+    assert set(report["targets"]) == {"worker_exactly_once/worker >= 0.8", "peak RSS <= 300 MB"}
+    assert "latency" not in report and "own_cost" not in report
+
+
+def test_the_latency_sections_bring_the_worker_they_are_paced_by() -> None:
+    assert selected(frozenset({"commit_interval_trade_off"})) == {
+        "commit_interval_trade_off",
+        "worker",
+    }
+    assert selected(frozenset({"aiokafka"})) == {"aiokafka"}
+
+
+def test_an_unknown_name_for_only_is_refused_with_the_choices(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--only", "worker,wroker"])
+    error = capsys.readouterr().err
+    assert "unknown wroker" in error and "worker_exactly_once" in error
+
+
+def test_bench_only_in_the_environment_picks_the_subset_as_only_does(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENCH_ONLY", "wroker")
+    with pytest.raises(SystemExit):
+        main([])
+    assert "unknown wroker" in capsys.readouterr().err
+
+
+def test_a_partial_run_writes_its_own_file_and_leaves_the_full_runs_alone() -> None:
+    assert results_file(None).name == "bench.json"
+    assert results_file(frozenset({"worker"})).name == "bench-only.json"

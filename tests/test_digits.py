@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from model_export.digits.baselines import BASELINES
 from model_export.digits.command import main
@@ -216,8 +217,39 @@ def test_the_defaults_row_is_judged_against_knn_5_beside_the_best_configuration(
 
 
 def test_the_defaults_row_runs_the_real_command_with_only_the_data_and_the_mode() -> None:
-    split = make_split(Protocol(), 5, 0, "one-class")  # 127 training images: the larger rule
+    # 127 training images of one digit: the rule's one-kind branch, the course's model.
+    split = make_split(Protocol(), 5, 0, "one-class")
     (result,) = run_defaults(DefaultsTask("binary", split))
-    assert (result.method, result.metric, result.mode) == (DEFAULTS_METHOD, "memory", "binary")
+    assert (result.method, result.metric, result.mode) == (DEFAULTS_METHOD, "hamming", "binary")
     assert result.auroc > 0.5 and result.seconds > 0  # the command's whole run, timed
     assert result.cpu_seconds is not None and result.cpu_seconds > 0
+    assert result.score_us is not None and result.score_us > 0
+
+
+def test_upscaled_digits_keep_their_shape_and_range() -> None:
+    small, big = images("gray"), images("gray", 28)
+    assert big.shape == (1797, 28 * 28) and big.min() >= 0.0 and big.max() <= 1.0
+    # Averaging a 28x28 digit back down over its 3.5-pixel cells gives roughly its 8x8 digit
+    # (the smoothing blurs it) and not another one: the upscaling moved no stroke.
+    square = torch.from_numpy(big.reshape(-1, 1, 28, 28))
+    down = torch.nn.functional.adaptive_avg_pool2d(square, 8).reshape(-1, 64).numpy()
+    own, other = np.abs(down - small).mean(), np.abs(down - np.roll(small, 1, axis=0)).mean()
+    assert own < 0.1 and own < other / 2
+    assert np.array_equal(images("binary", 28), (big >= 0.5).astype(np.float32))
+    with pytest.raises(ProtocolError, match=r"^--size must be between 8 and 64"):
+        Protocol(size=4)
+
+
+def test_a_run_on_bigger_images_trains_and_scores_them_and_says_so(tmp_path: Path) -> None:
+    argv = ["--protocol", "leave-one-out", "--archs", "dense", "--modes", "gray", "--size", "16"]
+    argv += ["--classes", "4", "--repetitions", "1", "--loo-epochs", "1", "--jobs", "1"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert table.splitlines()[0].endswith("(code size 32, 1 epoch, 16x16 images)")
+    assert "score µs/image" in table.splitlines()[2]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["protocol"]["size"] == 16
+    defaults = [r for r in results["runs"] if r["method"] == DEFAULTS_METHOD]
+    assert [r["metric"] for r in defaults] == ["memory"]  # nine digits: many kinds
+    knn = [r for r in results["runs"] if r["method"] == "kNN (k=1)"]
+    assert knn[0]["auroc"] > 0.9 and knn[0]["score_us"] > 0

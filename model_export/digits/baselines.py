@@ -1,7 +1,8 @@
 """Classical one-class detectors, the yardsticks of the digits benchmark (scikit-learn).
 
-Each baseline fits on normal training images and scores test images; a higher score means
-more anomalous. Their settings are fixed, common defaults, not tuned on the benchmark:
+Each baseline fits on normal training images and returns a scorer for test images (so that
+fitting and scoring can be timed apart); a higher score means more anomalous. Their
+settings are fixed, common defaults, not tuned on the benchmark:
 
 - PCA reconstruction error: squared error after projecting onto 8, 16 or 32 principal
   components (8 is the code size of the default architectures, 16 the usual reference on
@@ -13,7 +14,7 @@ more anomalous. Their settings are fixed, common defaults, not tuned on the benc
 >>> import numpy as np
 >>> train = np.zeros((4, 3), dtype=np.float32); train[:, 0] = [0.0, 0.1, 0.2, 0.3]
 >>> test = np.asarray([[0.1, 0.0, 0.0], [0.1, 1.0, 0.0]], dtype=np.float32)
->>> [round(float(s), 3) for s in BASELINES["kNN (k=1)"](train, test, 0)]
+>>> [round(float(s), 3) for s in BASELINES["kNN (k=1)"](train, 0)(test)]
 [0.0, 1.0]
 """
 
@@ -30,30 +31,39 @@ from service.scoring.images import Pixels
 
 PCA_COMPONENTS: Final = (8, 16, 32)
 Scores = NDArray[np.float64]
-Baseline = Callable[[Pixels, Pixels, int], Scores]
+Scorer = Callable[[Pixels], Scores]
+Baseline = Callable[[Pixels, int], Scorer]  # (training images, seed) -> scorer
 
 
 def pca_error(components: int) -> Baseline:
-    def score(train: Pixels, test: Pixels, seed: int) -> Scores:
+    def fit(train: Pixels, seed: int) -> Scorer:
         pca = PCA(n_components=min(components, *train.shape), random_state=seed).fit(train)
-        rebuilt = pca.inverse_transform(pca.transform(test))
-        return np.asarray(((test - rebuilt) ** 2).sum(axis=1), dtype=np.float64)
 
-    return score
+        def score(test: Pixels) -> Scores:
+            rebuilt = pca.inverse_transform(pca.transform(test))
+            return np.asarray(((test - rebuilt) ** 2).sum(axis=1), dtype=np.float64)
+
+        return score
+
+    return fit
 
 
-def isolation_forest(train: Pixels, test: Pixels, seed: int) -> Scores:
+def isolation_forest(train: Pixels, seed: int) -> Scorer:
     forest = IsolationForest(random_state=seed).fit(train)
-    return -np.asarray(forest.score_samples(test), dtype=np.float64)
+    return lambda test: -np.asarray(forest.score_samples(test), dtype=np.float64)
 
 
 def knn_distance(k: int) -> Baseline:
-    def score(train: Pixels, test: Pixels, seed: int) -> Scores:
+    def fit(train: Pixels, seed: int) -> Scorer:
         neighbours = NearestNeighbors(n_neighbors=min(k, len(train))).fit(train)
-        distances, _ = neighbours.kneighbors(test)
-        return np.asarray(distances[:, -1], dtype=np.float64)
 
-    return score
+        def score(test: Pixels) -> Scores:
+            distances, _ = neighbours.kneighbors(test)
+            return np.asarray(distances[:, -1], dtype=np.float64)
+
+        return score
+
+    return fit
 
 
 BASELINES: Final[dict[str, Baseline]] = {

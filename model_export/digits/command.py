@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,8 +50,10 @@ def as_json(
     usage: dict[str, Any],
 ) -> dict[str, Any]:
     return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "protocol": asdict(protocol),
         "environment": {
+            "platform": platform.platform(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "scikit-learn": sklearn.__version__,
@@ -149,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=default.lr)
     parser.add_argument("--seed", type=int, default=default.seed, metavar="N")
     parser.add_argument(
+        "--memory-size",
+        type=int,
+        default=default.memory_size,
+        metavar="N",
+        help="codes the architectures' scoring graphs store at most, as train's --memory-size "
+        "(default: %(default)s; the defaults row keeps train's own)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=default.size,
+        metavar="N",
+        help="score the digits upscaled (bilinear) to NxN pixels, e.g. 28 as MNIST "
+        "(default: %(default)s, the digits as they are)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=min(2, os.cpu_count() or 1),
@@ -184,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lr=args.lr,
             seed=args.seed,
             defaults=not args.no_defaults,
+            size=args.size,
+            memory_size=args.memory_size,
         )
         if args.jobs < 1:
             raise ProtocolError("--jobs must be >= 1")

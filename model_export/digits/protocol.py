@@ -5,6 +5,9 @@
 - leave-one-out: nine digits are normal; 70% of their images train, the other 30% and
   every image of the held-out digit are the test images (the held-out digit is the
   anomaly). A broad normal class and a narrow novelty: the harder, realistic case.
+
+`--size N` scores the same digits upscaled from 8x8 to NxN (bilinear, `upscale`), so the
+protocols can be run on images as large as MNIST's 28x28 without a download.
 """
 
 import dataclasses
@@ -39,6 +42,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from model_export.architectures import ARCHITECTURES
 from model_export.digits.baselines import BASELINES
 from model_export.export import scoring_graph
+from model_export.memory import DEFAULT_CODES, MemorySettings
 from model_export.train import FitSettings, one_thread, train
 from service.errors import PixelwatchError
 from service.progress import progress_bar
@@ -46,7 +50,8 @@ from service.scoring.images import ImageShape, Pixels
 from service.scoring.model import Mode, load_model
 from service.scoring.similarity import METRICS, RANKED_METRICS, MetricName
 
-SHAPE: Final = ImageShape(8, 8)
+SHAPE: Final = ImageShape(8, 8)  # scikit-learn's digits, as bundled
+MAX_SIZE: Final = 64
 # Images and model mode: gray and binary as the issue defines them; binary-as-gray feeds the
 # thresholded images to a gray-mode model (continuous similarities), an optional extra.
 BenchMode = Literal["gray", "binary", "binary-as-gray"]
@@ -82,6 +87,8 @@ class Protocol:
     lr: float = 3e-3
     seed: int = 0
     defaults: bool = True  # a "defaults" row: `pixelwatch train --data ... --mode ...` alone
+    size: int = SHAPE.width  # images upscaled to size x size (8: the digits as they are)
+    memory_size: int = DEFAULT_CODES  # codes the scoring graph stores at most (train's default)
 
     def __post_init__(self) -> None:
         if not self.protocols or set(self.protocols) - set(PROTOCOLS):
@@ -107,6 +114,14 @@ class Protocol:
             raise ProtocolError("--lr must be a positive number")
         if not 0 <= self.seed < 1000:
             raise ProtocolError("--seed must be between 0 and 999")
+        if self.memory_size < 1:
+            raise ProtocolError("--memory-size must be >= 1")
+        if not SHAPE.width <= self.size <= MAX_SIZE:
+            raise ProtocolError(f"--size must be between {SHAPE.width} and {MAX_SIZE}")
+
+    @property
+    def shape(self) -> ImageShape:
+        return ImageShape(self.size, self.size)
 
     def epochs_for(self, protocol: ProtocolName) -> int:
         return self.epochs if protocol == "one-class" else self.loo_epochs
@@ -124,8 +139,26 @@ def digits() -> tuple[Pixels, NDArray[np.int_]]:
     return pixels, np.asarray(bunch.target)
 
 
-def images(mode: BenchMode) -> Pixels:
+@functools.cache
+def upscale(size: int) -> Pixels:
+    """The gray digits at size x size, float32 [N, size * size] in [0, 1].
+
+    Bilinear (torch's `interpolate`, half-pixel centres, no antialiasing), so a stroke keeps
+    its gray edges as in a scanned image; 8 returns the digits as they are.
+    """
     pixels, _ = digits()
+    if size == SHAPE.width:
+        return pixels
+    square = torch.from_numpy(pixels.reshape(-1, 1, SHAPE.height, SHAPE.width))
+    bigger = torch.nn.functional.interpolate(
+        square, size=(size, size), mode="bilinear", align_corners=False
+    )
+    return np.ascontiguousarray(bigger.clamp(0.0, 1.0).reshape(-1, size * size).numpy())
+
+
+def images(mode: BenchMode, size: int = SHAPE.width) -> Pixels:
+    """The images of a mode at a size: binary ones are the gray ones thresholded at 0.5."""
+    pixels = upscale(size)
     return pixels if mode == "gray" else (pixels >= BINARY_CUT).astype(np.float32)
 
 
@@ -188,6 +221,9 @@ class Run:
     average_precision: float
     seconds: float  # fitting time (shared by an architecture's metrics); defaults: the command's
     cpu_seconds: float | None = None  # defaults: the command's CPU time (the machine is shared)
+    # Scoring the test images, in microseconds per image: a baseline's scorer; an
+    # architecture's scoring graph in torch; the defaults' model file through onnxruntime.
+    score_us: float | None = None
 
     @property
     def defaults(self) -> bool:
@@ -195,8 +231,15 @@ class Run:
 
 
 def _measure(
-    method: str, metric: str, mode: BenchMode, split: Split, score: NDArray[Any], seconds: float
+    method: str,
+    metric: str,
+    mode: BenchMode,
+    split: Split,
+    score: NDArray[Any],
+    seconds: float,
+    score_seconds: float | None = None,
 ) -> Run:
+    per_image = None if score_seconds is None else 1e6 * score_seconds / len(split.test)
     return Run(
         split.protocol,
         method,
@@ -207,17 +250,20 @@ def _measure(
         float(roc_auc_score(split.labels, score)),
         float(average_precision_score(split.labels, score)),
         seconds,
+        score_us=per_image,
     )
 
 
-def run_baselines(mode: BenchMode, split: Split) -> list[Run]:
-    data = images(mode)
+def run_baselines(mode: BenchMode, split: Split, size: int = SHAPE.width) -> list[Run]:
+    data = images(mode, size)
     runs = []
     for name, baseline in BASELINES.items():
         start = time.perf_counter()
-        score = baseline(data[split.train], data[split.test], split.seed)
-        elapsed = time.perf_counter() - start
-        runs.append(_measure(name, BASELINE_METRIC, mode, split, score, elapsed))
+        scorer = baseline(data[split.train], split.seed)
+        fitted = time.perf_counter()
+        score = scorer(data[split.test])
+        scored = time.perf_counter() - fitted
+        runs.append(_measure(name, BASELINE_METRIC, mode, split, score, fitted - start, scored))
     return runs
 
 
@@ -227,6 +273,7 @@ class BaselineTask:
 
     mode: BenchMode
     split: Split
+    size: int = SHAPE.width
 
 
 @dataclass(frozen=True)
@@ -236,6 +283,8 @@ class Task:
     split: Split
     settings: FitSettings
     params: dict[str, int]
+    size: int = SHAPE.width
+    memory_size: int = DEFAULT_CODES
 
 
 def run_autoencoder(task: Task) -> list[Run]:
@@ -244,20 +293,32 @@ def run_autoencoder(task: Task) -> list[Run]:
     The scoring graph is the one `train` exports (memory bank of the training codes,
     calibrated leave-one-out, as `train` does without --fpr), run in torch.
     """
-    data = images(task.mode)
+    data = images(task.mode, task.size)
     train_pixels = data[task.split.train]
     # One intra-op thread: results do not depend on --jobs, and processes do not compete.
     with one_thread():
         start = time.perf_counter()
-        trained = train(task.arch, SHAPE, task.params, train_pixels, task.settings)
+        shape = ImageShape(task.size, task.size)
+        trained = train(task.arch, shape, task.params, train_pixels, task.settings)
         elapsed = time.perf_counter() - start
-        graph = scoring_graph(trained.autoencoder, model_mode(task.mode), train_pixels)
+        memory = MemorySettings(codes=task.memory_size)
+        graph = scoring_graph(
+            trained.autoencoder, model_mode(task.mode), train_pixels, settings=memory
+        )
         with torch.no_grad():
+            scoring = time.perf_counter()
             _, *similarities = graph(torch.from_numpy(data[task.split.test]))
+            scored = time.perf_counter() - scoring
     scores = dict(zip(METRICS, similarities, strict=True))
     return [
         _measure(
-            task.arch, m, task.mode, task.split, -scores[m].numpy().astype(np.float64), elapsed
+            task.arch,
+            m,
+            task.mode,
+            task.split,
+            -scores[m].numpy().astype(np.float64),
+            elapsed,
+            scored,
         )
         for m in BENCH_METRICS
     ]
@@ -269,28 +330,34 @@ class DefaultsTask:
 
     mode: BenchMode
     split: Split
+    size: int = SHAPE.width
 
 
 def run_defaults(task: DefaultsTask) -> list[Run]:
     """Run the real command in its own process, timed from start to exit, and score the test
     images with the model it wrote (onnxruntime, as the worker scores). One row: the
     model's own metric, the one the worker flags by."""
-    data = images(task.mode)
+    data = images(task.mode, task.size)
     with tempfile.TemporaryDirectory(prefix="pixelwatch-defaults-") as scratch:
         folder = Path(scratch)
         train_file, model = folder / "train.npy", folder / "model.onnx"
-        np.save(train_file, data[task.split.train].reshape(-1, SHAPE.height, SHAPE.width))
+        np.save(train_file, data[task.split.train].reshape(-1, task.size, task.size))
         command = [sys.executable, "-m", "service.cli", "train", "--data", str(train_file)]
         command += ["--out", str(model), "--mode", model_mode(task.mode), "--no-progress"]
+        if task.size != SHAPE.width:  # the size is the one thing the command cannot guess
+            command += ["--width", str(task.size), "--height", str(task.size)]
         before, start = _children_cpu(), time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         elapsed, cpu = time.perf_counter() - start, _children_cpu() - before
         if done.returncode:
             raise ProtocolError(f"pixelwatch train failed: {done.stderr.strip()[-500:]}")
-        scored = load_model(model).score(data[task.split.test])
+        loaded = load_model(model)  # one onnxruntime thread, as the worker scores
+        scoring = time.perf_counter()
+        scored = loaded.score(data[task.split.test])
+        scoring = time.perf_counter() - scoring
     metric = scored.metric
     score = -scored.similarity.astype(np.float64)
-    run = _measure(DEFAULTS_METHOD, metric, task.mode, task.split, score, elapsed)
+    run = _measure(DEFAULTS_METHOD, metric, task.mode, task.split, score, elapsed, scoring)
     return [dataclasses.replace(run, cpu_seconds=cpu)]
 
 
@@ -302,7 +369,7 @@ def _children_cpu() -> float:
 
 def run_task(task: Task | BaselineTask | DefaultsTask) -> list[Run]:
     if isinstance(task, BaselineTask):
-        return run_baselines(task.mode, task.split)
+        return run_baselines(task.mode, task.split, task.size)
     if isinstance(task, DefaultsTask):
         return run_defaults(task)
     return run_autoencoder(task)
@@ -320,6 +387,8 @@ def run_protocol(protocol: Protocol, *, jobs: int = 1, progress: bool = False) -
             s,
             _seeded(settings, s.seed, protocol.epochs_for(s.protocol)),
             protocol.params_for(s.protocol),
+            protocol.size,
+            protocol.memory_size,
         )
         for arch in protocol.archs
         for mode in protocol.modes
@@ -330,9 +399,10 @@ def run_protocol(protocol: Protocol, *, jobs: int = 1, progress: bool = False) -
     tasks.sort(key=lambda t: t.settings.epochs * len(t.split.train), reverse=True)
     everything: list[Task | BaselineTask | DefaultsTask] = []
     if protocol.defaults:  # the longest runs: whole commands with early stopping
-        everything += [DefaultsTask(mode, s) for mode in protocol.modes for s in chosen]
+        size = protocol.size
+        everything += [DefaultsTask(mode, s, size) for mode in protocol.modes for s in chosen]
     everything += tasks
-    everything += [BaselineTask(mode, s) for mode in protocol.modes for s in chosen]
+    everything += [BaselineTask(mode, s, protocol.size) for mode in protocol.modes for s in chosen]
     with _progress(len(everything), progress) as advance:
         if jobs == 1:
             results: Iterable[list[Run]] = map(run_task, everything)

@@ -17,9 +17,13 @@ from model_export.digits.protocol import (
     ProtocolName,
     Run,
 )
+from model_export.memory import DEFAULT_CODES
 from service.scoring.similarity import RECONSTRUCTION_METRICS
 
 PRECISION: Final = 4  # decimals compared when deciding "beats" / "matches"
+# Scoring the test images, per image: the baselines' scorers and the architectures' graphs
+# in torch run in the benchmark's process, the defaults' model file through onnxruntime.
+SCORE_COLUMN: Final = "score µs/image"
 # The names the "beats" columns and the targets use for the baselines.
 SHORT: Final[dict[str, str]] = {
     **{name: name for name in BASELINES if name.startswith("PCA")},
@@ -38,7 +42,10 @@ def title(kind: ProtocolName, protocol: Protocol) -> str:
     code = protocol.params_for(kind).get("code")
     sizes = f"code size {code}" if code else "default sizes"
     epochs = protocol.epochs_for(kind)
-    return f"{TITLES[kind]} ({sizes}, {epochs} epoch{'s' if epochs != 1 else ''})"
+    images = f", {protocol.size}x{protocol.size} images" if protocol.size != 8 else ""
+    codes = protocol.memory_size
+    bank = f", memory bank of {codes}" if codes != DEFAULT_CODES else ""
+    return f"{TITLES[kind]} ({sizes}, {epochs} epoch{'s' if epochs != 1 else ''}{images}{bank})"
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class Row:
     cells: dict[BenchMode, Cell]
     seconds: float  # mean fitting time per run
     beats: dict[BenchMode, list[str]] = field(default_factory=dict)
+    score_us: float | None = None  # mean scoring time per test image, in microseconds
 
     @property
     def baseline(self) -> bool:
@@ -112,7 +120,10 @@ def _summarise(kind: ProtocolName, runs: Sequence[Run], protocol: Protocol) -> l
     for method, metric in keys:
         mine = [r for r in runs if r.method == method and r.metric == metric]
         cells = {mode: _cell([r for r in mine if r.mode == mode]) for mode in protocol.modes}
-        rows.append(Row(kind, method, metric, cells, float(np.mean([r.seconds for r in mine]))))
+        timed = [r.score_us for r in mine if r.score_us is not None]
+        score_us = float(np.mean(timed)) if timed else None
+        seconds = float(np.mean([r.seconds for r in mine]))
+        rows.append(Row(kind, method, metric, cells, seconds, score_us=score_us))
     yardsticks = {mode: _yardsticks(rows, mode) for mode in protocol.modes}
     return [
         Row(
@@ -122,6 +133,7 @@ def _summarise(kind: ProtocolName, runs: Sequence[Run], protocol: Protocol) -> l
             row.cells,
             row.seconds,
             {} if row.baseline else {m: _beaten(row, m, yardsticks[m]) for m in protocol.modes},
+            row.score_us,
         )
         for row in rows
     ]
@@ -203,6 +215,10 @@ def _targets(kind: ProtocolName, all_rows: Sequence[Row], protocol: Protocol) ->
     return Verdict(lines, met)
 
 
+def _score_text(row: Row) -> str:
+    return "-" if row.score_us is None else f"{row.score_us:.1f}"
+
+
 def _beats_text(row: Row, mode: BenchMode) -> str:
     if row.baseline:
         return ""
@@ -220,13 +236,14 @@ def markdown(rows: Sequence[Row], protocol: Protocol, verdicts: dict[ProtocolNam
 
 def _markdown(kind: ProtocolName, rows: Sequence[Row], protocol: Protocol) -> str:
     modes = protocol.modes
-    head = ["method", "metric", *(f"{m} AUROC" for m in modes), "fit s/run"]
+    head = ["method", "metric", *(f"{m} AUROC" for m in modes), "fit s/run", SCORE_COLUMN]
     head += [f"{m}: beats" for m in modes]
     lines = [f"## {title(kind, protocol)}", "", "| " + " | ".join(head) + " |"]
     lines.append("|" + "---|" * len(head))
     for row in rows:
         name = f"*{row.method}*" if row.baseline else row.method
         cells = [name, row.metric, *(str(row.cells[m]) for m in modes), f"{row.seconds:.2f}"]
+        cells += [_score_text(row)]
         cells += [_beats_text(row, m) for m in modes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n"
@@ -241,7 +258,8 @@ def rich_tables(rows: Sequence[Row], protocol: Protocol) -> list[Table]:
 
 def _rich_table(kind: ProtocolName, rows: Sequence[Row], protocol: Protocol) -> Table:
     table = Table(title=f"{title(kind, protocol)}: AUROC, mean ± sd of the repetitions")
-    for column in ("method", "metric", *(f"{m} AUROC" for m in protocol.modes), "fit s/run"):
+    columns = ("method", "metric", *(f"{m} AUROC" for m in protocol.modes), "fit s/run")
+    for column in (*columns, SCORE_COLUMN):
         table.add_column(column, justify="left" if column in {"method", "metric"} else "right")
     for mode in protocol.modes:
         table.add_column(f"{mode}: beats")
@@ -252,6 +270,7 @@ def _rich_table(kind: ProtocolName, rows: Sequence[Row], protocol: Protocol) -> 
             row.metric,
             *(str(row.cells[m]) for m in protocol.modes),
             f"{row.seconds:.2f}",
+            _score_text(row),
             *(_beats_text(row, m) for m in protocol.modes),
             style=style,
         )

@@ -68,8 +68,9 @@ class DefaultsChoice(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rule: Literal["course", "many-images"] = Field(
-        description="course: fewer images than the rule's minimum; many-images: that many or more"
+    rule: Literal["course", "one-kind", "many-kinds"] = Field(
+        description="course: fewer images than the rule's minimum; one-kind / many-kinds: that "
+        "many or more, whose likeness is at least / below the rule's bound"
     )
     images: int = Field(ge=0, description="images read, which the rule counts")
     chosen: list[Literal["arch", "code", "metric"]] = Field(
@@ -78,6 +79,13 @@ class DefaultsChoice(BaseModel):
     arch: str
     code: int = Field(gt=0)
     metric: MetricName
+    likeness: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="mean cosine similarity of the images to their mean, thresholded at 0.5 "
+        "(measured from the rule's minimum count of images)",
+    )
 
 
 class ModelMetadata(BaseModel):

@@ -9,10 +9,10 @@ in-process (own_cost.py) against plain JSON decoding and encoding of the same me
 
     PYTHONPATH=tests python -m benchmarks.bench [--messages 200000] [--out bench-results/bench.json]
 
-A subset, to compare two contenders within one run (`--only`, or PIXELWATCH_BENCH_ONLY):
+A subset, to compare two contenders within one run (`--only`, or BENCH_ONLY), written to
+bench-results/bench-only.json unless --out says otherwise:
 
-    PYTHONPATH=tests python -m benchmarks.bench --only worker,worker_exactly_once \
-        --out bench-results/subset.json
+    PYTHONPATH=tests python -m benchmarks.bench --only worker,worker_exactly_once
 
 Every contender's row says what it consumed: the load mix, the image size and the share of
 images its model flags. A contender whose outputs all arrive within `min_seconds` is reported
@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Final
@@ -301,11 +302,9 @@ def stop(contender: Contender) -> None:
 
 def spawn(argv: list[str], env: dict[str, str], log: Path) -> Contender:
     log.parent.mkdir(parents=True, exist_ok=True)
-    # The bench's own variable is not a worker setting: a worker refuses unknown PIXELWATCH_*.
-    inherited = {k: v for k, v in os.environ.items() if k != "PIXELWATCH_BENCH_ONLY"}
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            argv, env={**inherited, **env}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
+            argv, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
         )
     return Contender(process, log)
 
@@ -831,6 +830,7 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     await bigger_images(bootstrap, cfg, wanted, results)
 
     report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -992,6 +992,12 @@ def print_table(report: dict[str, Any]) -> None:
         out.print(f"target {name}: {verdict}")
 
 
+def results_file(only: frozenset[str] | None) -> Path:
+    """Where a run's report goes by default: a partial run never overwrites the full run's
+    file, which `make plots` and the docs read."""
+    return ROOT / "bench-results" / ("bench.json" if only is None else "bench-only.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     defaults = Config()
@@ -1000,19 +1006,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faust-messages", type=int, default=defaults.faust_messages)
     parser.add_argument("--latency-seconds", type=float, default=defaults.latency_seconds)
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting a local one")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results file (default: bench-results/bench.json, or bench-only.json for --only)",
+    )
     parser.add_argument(
         "--only",
-        default=os.environ.get("PIXELWATCH_BENCH_ONLY"),
+        # Not PIXELWATCH_-prefixed: the workers it spawns inherit the environment and refuse
+        # a PIXELWATCH_ variable that is not one of their settings.
+        default=os.environ.get("BENCH_ONLY"),
         metavar="NAME,...",
         help="run only these contenders and sections, comma-separated (default: "
-        "$PIXELWATCH_BENCH_ONLY, or all). Contenders: "
+        "$BENCH_ONLY, or all). Contenders: "
         + ", ".join(CONTENDERS)
         + "; sections: "
         + ", ".join(SECTIONS)
         + " (the latency sections bring `worker` along). Ratios and "
-        "targets are reported for what ran; write a subset elsewhere than the full run's file "
-        "with --out",
+        "targets are reported for what ran",
     )
     args = parser.parse_args(argv)
     only = frozenset(n.strip() for n in args.only.split(",") if n.strip()) if args.only else None
@@ -1032,10 +1043,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with LocalBroker(port=free_port()) as broker:
             report = asyncio.run(bench(broker.bootstrap, cfg))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out = args.out or results_file(only)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
-    console.print(f"results written to {args.out}")
+    console.print(f"results written to {out}")
     return 0
 
 

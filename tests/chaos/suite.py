@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import count, islice
 from pathlib import Path
 from typing import Final
@@ -607,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.out.parent / "work"
     results = run(args.only, workdir, args.model, args.guarantee)
     report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
