@@ -58,8 +58,8 @@ test: venv prereqs prometheus browser podman examples jaeger lint typecheck ## e
 eval-digits: venv ## AUROC of every architecture and the defaults vs PCA / IsolationForest / kNN on scikit-learn digits (see docs/benchmarks.md; DIGITS_ARGS=... passes options)
 	$(BIN)/python -m model_export.digits --out $(or $(DIGITS_OUT),artifacts/eval-digits) $(DIGITS_ARGS)
 
-bench: venv prereqs jaeger ## benchmark the worker against the pipeline's limits (minutes; bench-results/)
-	PYTHONPATH=tests $(BIN)/python -m benchmarks.bench
+bench: venv prereqs jaeger ## benchmark the worker against the pipeline's limits (minutes; bench-results/; BENCH_ONLY=a,b runs some, BENCH_OUT=file)
+	PYTHONPATH=tests $(BIN)/python -m benchmarks.bench $(if $(BENCH_OUT),--out $(BENCH_OUT))
 
 chaos: venv prereqs ## fault suite in both processing guarantees: kill -9, SIGTERM, broker kill, rebalance, poison, fuzz, undeliverable output (~20 min; chaos-results/)
 	$(BIN)/python tests/chaos/suite.py

@@ -108,8 +108,17 @@ class Decoder:
         size = self.size
         slow = Decoded(pixels=np.empty((0, self.size), dtype=np.float32))
         rows: list[NDArray[np.float32]] = []  # the slow and binary paths' rows
+        values = [message.value() for message in messages]
+        # numpy would read JSON booleans as 0 and 1, pydantic refuses them: any message that
+        # may hold one leaves the fast path, and pydantic says what is wrong. One scan of the
+        # whole batch usually clears every message at once (half the cost of one per message).
+        joined = b"\n".join([raw for raw in values if raw])
+        all_plain = b"true" not in joined and b"false" not in joined
+        # The fast path's columns, appended to without an attribute lookup each.
+        add_row, add_message, add_index = fast.rows.append, fast.message.append, fast.index.append
+        add_id, add_ts, add_value = fast.ids.append, fast.ts.append, fast.values.append
         for i, message in enumerate(messages):
-            raw = message.value()
+            raw = values[i]
             if not raw:
                 slow.rejects.append(Reject(i, WHOLE, Reason.INVALID_JSON, "empty message value"))
                 continue
@@ -123,9 +132,7 @@ class Decoder:
                 if fmt is not None:
                     self._binary(i, raw, fmt, _header(headers, HEADER_ID), slow, rows)
                     continue
-            # numpy would read JSON booleans as 0 and 1, pydantic refuses them: any message
-            # that may hold one leaves the fast path, and pydantic says what is wrong.
-            plain = b"true" not in raw and b"false" not in raw
+            plain = all_plain or (b"true" not in raw and b"false" not in raw)
             doc = _loads(raw)
             if type(doc) is dict:
                 if "images" in doc:
@@ -144,12 +151,12 @@ class Decoder:
                     and (ident is None or (type(ident) is str and 0 < len(ident) <= MAX_ID_LENGTH))
                     and (ts is None or (type(ts) is int and 0 <= ts <= INT64_MAX))
                 ):
-                    fast.rows.append(pixels)
-                    fast.message.append(i)
-                    fast.index.append(WHOLE)
-                    fast.ids.append(ident)
-                    fast.ts.append(ts)
-                    fast.values.append(None)
+                    add_row(pixels)
+                    add_message(i)
+                    add_index(WHOLE)
+                    add_id(ident)
+                    add_ts(ts)
+                    add_value(None)
                     continue
             self._slow(i, raw, WHOLE, slow, rows)
         return self._assemble(fast, slow, rows, messages)

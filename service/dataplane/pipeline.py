@@ -167,12 +167,17 @@ def default_max_message_bytes(shape: ImageShape) -> int:
     return max(MIN_MESSAGE_LIMIT, LIMIT_IMAGES * LIMIT_BYTES_PER_PIXEL * shape.size)
 
 
-def _coordinates(message: Message) -> tuple[str, bytes]:
+def _coordinates(message: Message, topics: dict[str, bytes] | None = None) -> tuple[str, bytes]:
     """A consumed message's default id, `topic:partition:offset`, and its `source` record
-    without the closing brace (an image of a batch adds its index)."""
+    without the closing brace (an image of a batch adds its index). `topics` keeps each
+    topic's JSON for the rest of a batch."""
     topic = str(message.topic())
     partition, offset = int(message.partition() or 0), int(message.offset() or 0)
-    prefix = b'{"topic":%s,"partition":%d,"offset":%d' % (orjson.dumps(topic), partition, offset)
+    if topics is None:
+        topic_json = orjson.dumps(topic)
+    elif (topic_json := topics.get(topic, b"")) == b"":
+        topic_json = topics[topic] = orjson.dumps(topic)
+    prefix = b'{"topic":%s,"partition":%d,"offset":%d' % (topic_json, partition, offset)
     return f"{topic}:{partition}:{offset}", prefix
 
 
@@ -345,29 +350,35 @@ class BatchScorer:
         detected_at = orjson.dumps(result.detected_at)
         ts_ms: list[int] = []
         keys: list[bytes] = []
-        # Per message, not per image: a batched message shares its coordinates.
+        add_ts, add_key = ts_ms.append, keys.append
+        ids, indices, stamps = decoded.ids, decoded.index, decoded.ts
+        # Per message, not per image: a batched message shares its coordinates (a message
+        # of one image has one row, so it needs no entry).
         where: dict[int, tuple[str, bytes, int]] = {}
+        topics: dict[str, bytes] = {}
         group = self.group_scores
         grouped: dict[int, list[bytes]] = {}  # message position -> its images' verdicts
         singles: dict[int, tuple[bytes, bytes]] = {}  # message position -> its record
         for row, position in enumerate(decoded.message):
-            known = where.get(position)
+            index = indices[row]
+            known = None if index == WHOLE else where.get(position)
             if known is None:
                 message = messages[position]
-                default_id, prefix = _coordinates(message)
-                known = where[position] = (default_id, prefix, message.timestamp()[1])
+                default_id, prefix = _coordinates(message, topics)
+                known = (default_id, prefix, message.timestamp()[1])
+                if index != WHOLE:
+                    where[position] = known
             default_id, prefix, kafka_ts = known
-            index = decoded.index[row]
-            ident = decoded.ids[row]
+            ident = ids[row]
             if ident is None:
                 ident = default_id if index == WHOLE else f"{default_id}:{index}"
-            ts = decoded.ts[row]
+            ts = stamps[row]
             if ts is None:
                 ts = kafka_ts
-            ts_ms.append(ts)
+            add_ts(ts)
             source = prefix + (b"}" if index == WHOLE else b',"index":%d}' % index)
             key = ident.encode()
-            keys.append(key)
+            add_key(key)
             ident_json = orjson.dumps(ident)
             flagged = anomaly[row]
             # Each record form is encoded at most once, and only if a topic takes it.

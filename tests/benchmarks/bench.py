@@ -13,6 +13,10 @@ A subset, to compare two contenders within one run (`--only`, or BENCH_ONLY), wr
 bench-results/bench-only.json unless --out says otherwise:
 
     PYTHONPATH=tests python -m benchmarks.bench --only worker,worker_exactly_once
+
+Every contender's row says what it consumed: the load mix, the image size and the share of
+images its model flags. A contender whose outputs all arrive within `min_seconds` is reported
+as too short to time, without a rate, and the ratios it takes part in are null.
 """
 
 import argparse
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -37,10 +41,12 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from confluent_kafka import Producer
+from numpy.typing import NDArray
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.own_cost import own_cost
+from benchmarks.own_cost import cost_by_size, own_cost
+from benchmarks.sizes import ARCHITECTURES, SIZES, ensure_sized_model, sized_images
 from jaeger_harness import Jaeger
 from model_export.digits.memory_cost import CostPoint, markdown, measure_memory_cost
 from service.cli.produce import encode, encode_messages
@@ -49,7 +55,7 @@ from service.errors import ModelError
 from service.kafka.broker import KAFKA_VERSION, LocalBroker, free_port
 from service.samples import SEED_TRAIN
 from service.scoring.images import read_images
-from service.scoring.model import load_model
+from service.scoring.model import Model, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 console = Console(stderr=True, highlight=False)
@@ -75,17 +81,74 @@ class Config:
         default_factory=lambda: {"PIXELWATCH_BATCH_SIZE": "2000", "PIXELWATCH_BATCH_WINDOW": "0.1"}
     )
     timeout: float = 600.0
+    # Shorter runs than this are reported as too short to time, not as a rate.
+    min_seconds: float = 1.0
+    # Bigger images, binary u8, one image a message: per size, the messages the passthrough
+    # moves and (a prefix of them, timed the same way) the images each worker scores.
+    sized_messages: tuple[tuple[int, int, int], ...] = ((28, 200_000, 40_000), (64, 60_000, 8_000))
+    sized_epochs: int = 5
     # The contenders and sections to run (CONTENDERS, SECTIONS); None: all of them.
     only: frozenset[str] | None = None
+
+
+TOO_SHORT = "too short to time"
+
+
+@dataclass
+class Load:
+    """What a contender consumed."""
+
+    mix: str  # e.g. "95% normal, 5% noise"
+    image_size: str  # e.g. "8x8"
+    pixels: int  # per image
+    anomaly_share: float  # of the images, as the contender's model (or the size's) flags them
+    bytes_per_image: float  # mean input bytes (message value) per image
 
 
 @dataclass
 class Throughput:
     name: str
-    messages: int
+    messages: int  # outputs waited for; images when the rate is in images
     seconds: float
-    per_second: float
+    per_second: float | None  # None: too short to time
     peak_rss_mb: float | None = None
+    load: str = ""
+    image_size: str = ""
+    anomaly_share: float | None = None
+    images_per_second: float | None = None
+    pixels_per_second: float | None = None
+    mb_per_second: float | None = None
+    note: str = ""
+
+    def describe(self, load: Load, images: int | None = None) -> "Throughput":
+        """Fill in the load and the rates in images, pixels and MB (of input) a second;
+        `images`: how many images the timed outputs stand for (default: one each)."""
+        self.load, self.image_size, self.anomaly_share = (
+            load.mix, load.image_size, load.anomaly_share,
+        )  # fmt: skip
+        if self.per_second is None:
+            return self
+        per_image = (self.messages if images is None else images) / self.seconds
+        self.images_per_second = per_image
+        self.pixels_per_second = per_image * load.pixels
+        self.mb_per_second = per_image * load.bytes_per_image / 1e6
+        return self
+
+
+def timed(name: str, count: int, seconds: float, min_seconds: float) -> Throughput:
+    """`count` outputs in `seconds`, or too short to time under `min_seconds`."""
+    if seconds < min_seconds:
+        return Throughput(name, count, seconds, None, note=TOO_SHORT)
+    return Throughput(name, count, seconds, count / seconds)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either was not run or was too short to time."""
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def mix(share: float) -> str:
+    return f"{100 - 100 * share:g}% normal, {100 * share:g}% noise"
 
 
 @dataclass
@@ -138,12 +201,14 @@ async def produce_images(
     fmt: str = "json",
     per_message: int = 1,
     traced: bool = False,
-) -> None:
-    """`traced`: every message carries a W3C traceparent of its own (a new trace each)."""
+) -> int:
+    """Produces `images` to `topic`; returns the bytes of the message values. `traced`: every
+    message carries a W3C traceparent of its own (a new trace each)."""
     rng = random.Random(0)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=262_144)
     await producer.start()
     pending = []
+    size = 0
     started = time.monotonic()
     try:
         for i in range(0, len(images), per_message):
@@ -162,6 +227,7 @@ async def produce_images(
                 trace, span = rng.getrandbits(128) or 1, rng.getrandbits(64) or 1
                 parent = f"00-{trace:032x}-{span:016x}-01".encode()
                 headers = [*(headers or []), ("traceparent", parent)]
+            size += len(value)
             pending.append(await producer.send(topic, value=value, key=key, headers=headers))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
@@ -169,6 +235,7 @@ async def produce_images(
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+    return size
 
 
 async def topic_partitions(bootstrap: str, topic: str, wait: float) -> list[TopicPartition]:
@@ -289,6 +356,7 @@ async def measure(
     sink: str,
     expected: int,
     wait: float,
+    min_seconds: float = 1.0,
 ) -> Throughput:
     try:
         first, last, first_count = await wait_for_outputs(
@@ -298,10 +366,13 @@ async def measure(
     finally:
         for p in processes:
             stop(p)
-    seconds = max(last - first, 1e-3)
-    rate = (expected - first_count) / seconds
-    console.print(f"  {name}: {expected} outputs, {rate:,.0f}/s, peak RSS {rss:.0f} MB")
-    return Throughput(name, expected, seconds, rate, rss)
+    result = timed(name, expected - first_count, max(last - first, 1e-3), min_seconds)
+    result.peak_rss_mb = rss
+    rate = TOO_SHORT if result.per_second is None else f"{result.per_second:,.0f}/s"
+    console.print(
+        f"  {name}: {expected} outputs in {result.seconds:.2f} s, {rate}, peak RSS {rss:.0f} MB"
+    )
+    return result
 
 
 async def run_contender(
@@ -323,7 +394,7 @@ async def run_contender(
     argv = [*contender_argv(name, bootstrap, source, sink, group, cfg.workdir / group), *args]
     environ = {"PYTHONPATH": str(ROOT), "PIXELWATCH_MODEL": str(cfg.model), **(env or {})}
     process = spawn(argv, environ, cfg.workdir / f"{label}.log")
-    return await measure(label, [process], bootstrap, sink, count, cfg.timeout)
+    return await measure(label, [process], bootstrap, sink, count, cfg.timeout, cfg.min_seconds)
 
 
 async def run_worker(
@@ -351,9 +422,11 @@ async def run_worker(
         for i in range(workers)
     ]
     count = cfg.messages if expected is None else expected
-    result = await measure(label, processes, bootstrap, f"{sink}-{run}", count, cfg.timeout)
+    result = await measure(
+        label, processes, bootstrap, f"{sink}-{run}", count, cfg.timeout, cfg.min_seconds
+    )
     if images is not None:
-        result.per_second = images / result.seconds
+        result.per_second = None if result.per_second is None else images / result.seconds
         result.messages = images
     return result
 
@@ -501,10 +574,10 @@ async def visible_latency(
 
 async def commit_trade_off(
     bootstrap: str, source: str, cfg: Config, rate: float
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> dict[str, dict[str, dict[str, float | None]]]:
     """Per guarantee and PIXELWATCH_COMMIT_INTERVAL: throughput, and the latency a
     read_committed reader sees at `rate` (the same rate for all)."""
-    table: dict[str, dict[str, dict[str, float]]] = {}
+    table: dict[str, dict[str, dict[str, float | None]]] = {}
     for guarantee, knobs in GUARANTEES.items():
         table[guarantee] = {}
         for interval in cfg.commit_intervals:
@@ -540,151 +613,68 @@ def ensure_model(path: Path, seed: int = 0) -> None:
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
-async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
-    wanted = selected(cfg.only)
-    ensure_model(cfg.model)
-    candidate = cfg.candidate or cfg.workdir / "candidate.onnx"
-    if cfg.candidate is None and "shadow_cost" in wanted:
-        ensure_model(candidate, seed=1)
-    run = uuid.uuid4().hex[:8]
-    source, faust_source, binary_source, traced_source = (
-        f"bench-{k}-{run}" for k in ("in", "faust", "bits", "traced")
-    )
-    await create_topics(
-        bootstrap, [source, faust_source, binary_source, traced_source], cfg.partitions
-    )
-    console.print(f"producing {cfg.messages} messages over {cfg.partitions} partitions…")
-    images = make_images(cfg.messages, cfg.anomalous_share)
-    await produce_images(bootstrap, source, images, "img-")
-    if any(name.startswith("faust_agent") for name in wanted):
-        await produce_images(bootstrap, faust_source, images[: cfg.faust_messages], "img-")
-    if any(name.startswith("worker_binary") for name in wanted):
-        await produce_images(
-            bootstrap, binary_source, images, "bin-", fmt="bits", per_message=cfg.images_per_message
-        )
-    if wanted & {"worker_traceparent", "worker_tracing"}:
-        # The same images, each with a W3C traceparent of its own.
-        await produce_images(bootstrap, traced_source, images, "img-", traced=True)
-
-    per = cfg.images_per_message
-    messages = -(-cfg.messages // per)
-    flagged = int(load_model(cfg.model).score(images).anomaly.sum())
-    faust = (faust_source, cfg.faust_messages, cfg)
-    # Every throughput contender, in the order they run; `--only` picks some of them.
-    contenders: dict[str, Callable[[], Awaitable[Throughput]]] = {
-        "librdkafka": lambda: run_contender("librdkafka", bootstrap, source, cfg.messages, cfg),
-        "aiokafka": lambda: run_contender("aiokafka", bootstrap, source, cfg.messages, cfg),
-        "faust_agent": lambda: run_contender("faust_agent", bootstrap, *faust),
-        # The two cheap tries at a faster faust: its per-event bookkeeping left out, and (to
-        # see what the compiled stream iterator, on by default, already gives) that iterator off.
-        "faust_agent_quiet_monitor": lambda: run_contender(
-            "faust_agent",
-            bootstrap,
-            *faust,
-            label="faust_agent_quiet_monitor",
-            args=("--quiet-monitor",),
-        ),
-        "faust_agent_no_cython": lambda: run_contender(
-            "faust_agent", bootstrap, *faust, label="faust_agent_no_cython", env={"NO_CYTHON": "1"}
-        ),
-        "worker": lambda: run_worker("worker", bootstrap, source, cfg, {}),
-        # Every input carries a traceparent; tracing (OpenTelemetry) is off.
-        "worker_traceparent": lambda: run_worker(
-            "worker_traceparent", bootstrap, traced_source, cfg, {}
-        ),
-        # The same inputs, tracing on: one span per batch, sent to a local Jaeger.
-        "worker_tracing": lambda: run_traced_worker(bootstrap, traced_source, cfg),
-        "worker_exactly_once": lambda: run_worker(
-            "worker_exactly_once", bootstrap, source, cfg, EXACTLY_ONCE
-        ),
-        "worker_tuned": lambda: run_worker("worker_tuned", bootstrap, source, cfg, cfg.tuned),
-        "worker_x2": lambda: run_worker("worker_x2", bootstrap, source, cfg, {}, workers=2),
-        "worker_binary": lambda: run_worker(
-            "worker_binary", bootstrap, binary_source, cfg, {}, expected=cfg.messages
-        ),
-        # The same, answering only the anomalies (scores topic off): producing one record per
-        # image, not scoring, is then no longer what bounds the rate.
-        "worker_binary_anomalies_only": lambda: run_worker(
-            "worker_binary_anomalies_only",
-            bootstrap,
-            binary_source,
-            cfg,
-            {"PIXELWATCH_SCORES_ENABLED": "false"},
-            expected=flagged,
-            sink="anomalies",
-            images=cfg.messages,
-        ),
-        # One scores record per message of `per` images (PIXELWATCH_SCORES_GROUPING=message).
-        "worker_binary_grouped": lambda: run_worker(
-            "worker_binary_grouped",
-            bootstrap,
-            binary_source,
-            cfg,
-            {"PIXELWATCH_SCORES_GROUPING": "message"},
-            expected=messages,
-            images=cfg.messages,
-        ),
-    }
-    wanted = selected(cfg.only)
-    results: dict[str, Throughput] = {}
-    console.print("throughput:")
-    for name, run_one in contenders.items():
-        if name in wanted:
-            results[name] = await run_one()
-    report: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average": os.getloadavg(),
-        },
-        "versions": {
-            "kafka": KAFKA_VERSION,
-            **{
-                p: version(p)
-                for p in ("pixelwatch", "confluent-kafka", "faust-streaming", "onnxruntime")
-            },
-        },
-        "config": {k: str(v) for k, v in asdict(cfg).items()},
-        "throughput": {k: asdict(v) for k, v in results.items()},
-    }
-    # The latency runs go at half the worker's throughput in this run.
-    rate = 0.5 * results["worker"].per_second if "worker" in results else 0.0
-    if "latency" in wanted:
-        console.print("latency at 50% of the worker's throughput…")
-        report["latency"] = await latency(bootstrap, cfg, rate)
-    if "commit_interval_trade_off" in wanted:
-        console.print("latency to a read_committed reader, by guarantee and commit interval…")
-        report["commit_interval_trade_off"] = await commit_trade_off(bootstrap, source, cfg, rate)
-    if "own_cost" in wanted:
-        console.print("own cost per message, in-process…")
-        report["own_cost"] = own_cost(load_model(cfg.model))
-    if "shadow_cost" in wanted:
-        console.print("shadow scoring cost, in-process…")
-        from benchmarks.shadow_cost import shadow_cost  # it reuses this module's images
-
-        report["shadow_cost"] = shadow_cost(cfg.model, candidate, batches=cfg.cost_batches)
-    if "memory_bank_cost" in wanted:
-        console.print("memory-bank cost, in-process…")
-        points = measure_memory_cost(cfg.memory_sizes, (1, 64, 500))
-        report["memory_bank_cost"] = [asdict(point) for point in points]
-    report["ratios"], report["targets"] = ratios_and_targets(report)
-    return report
-
-
-SECTIONS: Final = (
-    "latency",
-    "commit_interval_trade_off",
-    "own_cost",
-    "shadow_cost",
-    "memory_bank_cost",
-)
-CONTENDERS: Final = (
-    "librdkafka", "aiokafka", "faust_agent", "faust_agent_quiet_monitor", "faust_agent_no_cython",
-    "worker", "worker_traceparent", "worker_tracing", "worker_exactly_once", "worker_tuned",
-    "worker_x2", "worker_binary", "worker_binary_anomalies_only", "worker_binary_grouped",
+_THROUGHPUT: Final = (
+    "librdkafka", "aiokafka", "faust_agent", "faust_agent_quiet_monitor",
+    "faust_agent_no_cython", "worker", "worker_traceparent", "worker_tracing",
+    "worker_exactly_once", "worker_tuned", "worker_x2",
+    "worker_binary", "worker_binary_anomalies_only", "worker_binary_grouped",
 )  # fmt: skip
+SIZED: Final = tuple(
+    name
+    for s in SIZES
+    for name in (f"librdkafka_u8_{s}x{s}", *(f"worker_u8_{s}x{s}_{a}" for a in ARCHITECTURES))
+)
+SECTIONS: Final = (
+    "latency", "commit_interval_trade_off", "own_cost", "cost_by_size", "shadow_cost",
+    "memory_bank_cost",
+)  # fmt: skip
+CONTENDERS: Final = _THROUGHPUT + SIZED
+_JSON_READERS: Final = (
+    "librdkafka", "aiokafka", "worker", "worker_exactly_once", "worker_tuned", "worker_x2",
+    "commit_interval_trade_off",
+)  # fmt: skip
+# ratio name -> (numerator, denominator): contenders' rates
+RATIOS: Final = {
+    "worker/librdkafka": ("worker", "librdkafka"),
+    "worker/aiokafka": ("worker", "aiokafka"),
+    "worker_exactly_once/worker": ("worker_exactly_once", "worker"),
+    "worker/faust_agent": ("worker", "faust_agent"),
+    "faust_agent_quiet_monitor/faust_agent": ("faust_agent_quiet_monitor", "faust_agent"),
+    "faust_agent_no_cython/faust_agent": ("faust_agent_no_cython", "faust_agent"),
+    "worker_tuned/librdkafka": ("worker_tuned", "librdkafka"),
+    "worker_x2/worker": ("worker_x2", "worker"),
+    "binary images/librdkafka messages": ("worker_binary", "librdkafka"),
+    "binary images (anomalies only)/librdkafka messages": (
+        "worker_binary_anomalies_only", "librdkafka",
+    ),
+    "binary images (scores grouped by message)/librdkafka messages": (
+        "worker_binary_grouped", "librdkafka",
+    ),
+    "worker_traceparent/worker": ("worker_traceparent", "worker"),
+    "worker_tracing/worker": ("worker_tracing", "worker"),
+    "worker_tracing/worker_traceparent": ("worker_tracing", "worker_traceparent"),
+} | {
+    f"{name} MB/s / librdkafka_u8_{s}x{s} MB/s": (name, f"librdkafka_u8_{s}x{s}")
+    for s in SIZES
+    for name in (f"worker_u8_{s}x{s}_{a}" for a in ARCHITECTURES)
+}  # fmt: skip
+# target name -> (ratio, least value)
+RATIO_TARGETS: Final = {
+    "worker/librdkafka >= 0.5": ("worker/librdkafka", 0.5),
+    "worker/faust_agent >= 10": ("worker/faust_agent", 10.0),
+    "worker_exactly_once/worker >= 0.8": ("worker_exactly_once/worker", 0.8),
+    "binary images/librdkafka messages >= 2 (scores on)": (
+        "binary images/librdkafka messages", 2.0,
+    ),
+    "binary images/librdkafka messages >= 2 (anomalies only)": (
+        "binary images (anomalies only)/librdkafka messages", 2.0,
+    ),
+    "binary images/librdkafka messages >= 5 (scores grouped)": (
+        "binary images (scores grouped by message)/librdkafka messages", 5.0,
+    ),
+    # Inputs that carry a traceparent, tracing off: carrying it costs (almost) nothing.
+    "worker_traceparent/worker >= 0.95": ("worker_traceparent/worker", 0.95),
+}  # fmt: skip
 
 
 def selected(only: frozenset[str] | None) -> frozenset[str]:
@@ -703,79 +693,283 @@ def selected(only: frozenset[str] | None) -> frozenset[str]:
     return only
 
 
-def ratios_and_targets(report: dict[str, Any]) -> tuple[dict[str, float], dict[str, bool]]:
-    """The ratios and targets whose measurements are in `report` (all of them in a full run)."""
-    rate = {k: v["per_second"] for k, v in report["throughput"].items()}
-    pairs = {
-        "worker/librdkafka": ("worker", "librdkafka"),
-        "worker/aiokafka": ("worker", "aiokafka"),
-        "worker_exactly_once/worker": ("worker_exactly_once", "worker"),
-        "worker/faust_agent": ("worker", "faust_agent"),
-        "faust_agent_quiet_monitor/faust_agent": ("faust_agent_quiet_monitor", "faust_agent"),
-        "faust_agent_no_cython/faust_agent": ("faust_agent_no_cython", "faust_agent"),
-        "worker_tuned/librdkafka": ("worker_tuned", "librdkafka"),
-        "worker_x2/worker": ("worker_x2", "worker"),
-        "binary images/librdkafka messages": ("worker_binary", "librdkafka"),
-        "binary images (anomalies only)/librdkafka messages": (
-            "worker_binary_anomalies_only",
-            "librdkafka",
+def size_name(model: Model) -> str:
+    return f"{model.shape.width}x{model.shape.height}"
+
+
+def sized_load(path: Path, sample: NDArray[np.float32], share: float, per_image: float) -> Load:
+    """The load of a bigger-image topic, its anomaly share as `path`'s model flags `sample`."""
+    model = load_model(path)
+    flagged = float(model.score(sample).anomaly.mean())
+    return Load(mix(share), size_name(model), model.shape.size, flagged, per_image)
+
+
+async def bigger_images(
+    bootstrap: str, cfg: Config, wanted: frozenset[str], results: dict[str, Throughput]
+) -> None:
+    """Binary u8 messages of one 28x28 or 64x64 image: the passthrough and a worker per
+    architecture on the same topic (the workers time a prefix of it: fewer images)."""
+    for size, count, scored in cfg.sized_messages:
+        wants = wanted.__contains__
+        names = [f"worker_u8_{size}x{size}_{a}" for a in ARCHITECTURES]
+        passthrough = f"librdkafka_u8_{size}x{size}"
+        if not any(wants(n) for n in (passthrough, *names)):
+            continue
+        paths = {
+            n: ensure_sized_model(cfg.model.parent, size, a, cfg.sized_epochs)
+            for n, a in zip(names, ARCHITECTURES, strict=True)
+        }
+        topic = f"bench-u8-{size}-{uuid.uuid4().hex[:8]}"
+        await create_topics(bootstrap, [topic], cfg.partitions)
+        console.print(f"producing {count} u8 {size}x{size} messages…")
+        sample = sized_images(size, min(count, 5000), cfg.anomalous_share, seed=size)
+        total = 0
+        for start in range(0, count, 5000):  # in slices: 60,000 64x64 images are 980 MB as float32
+            chunk = sized_images(size, min(5000, count - start), cfg.anomalous_share, seed=start)
+            total += await produce_images(
+                bootstrap, topic, chunk, f"u8-{start}-", fmt="u8", per_message=1
+            )
+
+        if wants(passthrough):
+            done = await run_contender("librdkafka", bootstrap, topic, count, cfg, passthrough)
+            results[passthrough] = done.describe(
+                sized_load(paths[names[0]], sample, cfg.anomalous_share, total / count)
+            )
+        for name in names:
+            if wants(name):
+                extra = {"PIXELWATCH_MODEL": str(paths[name])}
+                done = await run_worker(name, bootstrap, topic, cfg, extra, expected=scored)
+                results[name] = done.describe(
+                    sized_load(paths[name], sample, cfg.anomalous_share, total / count)
+                )
+
+
+async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
+    wanted = selected(cfg.only)
+    wants = wanted.__contains__
+    ensure_model(cfg.model)
+    model = load_model(cfg.model)
+    candidate = cfg.candidate or cfg.workdir / "candidate.onnx"
+    if cfg.candidate is None and wants("shadow_cost"):
+        ensure_model(candidate, seed=1)
+    run = uuid.uuid4().hex[:8]
+    source, faust_source, binary_source, traced_source = (
+        f"bench-{k}-{run}" for k in ("in", "faust", "bits", "traced")
+    )
+    await create_topics(
+        bootstrap, [source, faust_source, binary_source, traced_source], cfg.partitions
+    )
+    console.print(f"producing {cfg.messages} messages over {cfg.partitions} partitions…")
+    images = make_images(cfg.messages, cfg.anomalous_share)
+    per = cfg.images_per_message
+    sent = {"json": 0, "faust": 0, "bits": 0, "traced": 0}
+    if any(wants(n) for n in _JSON_READERS):
+        sent["json"] = await produce_images(bootstrap, source, images, "img-")
+    if any(wants(n) for n in _THROUGHPUT if n.startswith("faust")):
+        sent["faust"] = await produce_images(
+            bootstrap, faust_source, images[: cfg.faust_messages], "img-"
+        )
+    if any(wants(n) for n in _THROUGHPUT if n.startswith("worker_binary")):
+        sent["bits"] = await produce_images(
+            bootstrap, binary_source, images, "bin-", fmt="bits", per_message=per
+        )
+    if wants("worker_traceparent") or wants("worker_tracing"):
+        # The same images, each with a W3C traceparent of its own.
+        sent["traced"] = await produce_images(bootstrap, traced_source, images, "img-", traced=True)
+    flags = model.score(images).anomaly
+    size, pixels = size_name(model), model.shape.size
+
+    def load(kind: str, count: int) -> Load:
+        return Load(
+            mix(cfg.anomalous_share), size, pixels, float(flags[:count].mean()), sent[kind] / count
+        )
+
+    json_load, bits_load = load("json", cfg.messages), load("bits", cfg.messages)
+    traced_load = load("traced", cfg.messages)
+    faust_load = load("faust", cfg.faust_messages)
+
+    results: dict[str, Throughput] = {}
+
+    async def take(name: str, what: Load, contender: Coroutine[Any, Any, Throughput]) -> None:
+        if wants(name):
+            results[name] = (await contender).describe(what)
+        else:
+            contender.close()  # not run
+
+    console.print("throughput:")
+    await take(
+        "librdkafka", json_load, run_contender("librdkafka", bootstrap, source, cfg.messages, cfg)
+    )
+    await take(
+        "aiokafka", json_load, run_contender("aiokafka", bootstrap, source, cfg.messages, cfg)
+    )
+    await take(
+        "faust_agent", faust_load,
+        run_contender("faust_agent", bootstrap, faust_source, cfg.faust_messages, cfg),
+    )  # fmt: skip
+    # The two cheap tries at a faster faust: its per-event bookkeeping left out, and (to see
+    # what the compiled stream iterator, on by default, already gives) that iterator off.
+    await take(
+        "faust_agent_quiet_monitor", faust_load,
+        run_contender(
+            "faust_agent", bootstrap, faust_source, cfg.faust_messages, cfg,
+            label="faust_agent_quiet_monitor", args=("--quiet-monitor",),
         ),
-        "binary images (scores grouped by message)/librdkafka messages": (
-            "worker_binary_grouped",
-            "librdkafka",
+    )  # fmt: skip
+    await take(
+        "faust_agent_no_cython", faust_load,
+        run_contender(
+            "faust_agent", bootstrap, faust_source, cfg.faust_messages, cfg,
+            label="faust_agent_no_cython", env={"NO_CYTHON": "1"},
         ),
-        "worker_traceparent/worker": ("worker_traceparent", "worker"),
-        "worker_tracing/worker": ("worker_tracing", "worker"),
-        "worker_tracing/worker_traceparent": ("worker_tracing", "worker_traceparent"),
+    )  # fmt: skip
+    await take("worker", json_load, run_worker("worker", bootstrap, source, cfg, {}))
+    # Every input carries a traceparent; tracing (OpenTelemetry) is off.
+    await take(
+        "worker_traceparent", traced_load,
+        run_worker("worker_traceparent", bootstrap, traced_source, cfg, {}),
+    )  # fmt: skip
+    # The same inputs, tracing on: one span per batch, sent to a local Jaeger.
+    await take("worker_tracing", traced_load, run_traced_worker(bootstrap, traced_source, cfg))
+    await take(
+        "worker_exactly_once", json_load,
+        run_worker("worker_exactly_once", bootstrap, source, cfg, EXACTLY_ONCE),
+    )  # fmt: skip
+    await take(
+        "worker_tuned", json_load, run_worker("worker_tuned", bootstrap, source, cfg, cfg.tuned)
+    )
+    await take(
+        "worker_x2", json_load, run_worker("worker_x2", bootstrap, source, cfg, {}, workers=2)
+    )
+    await take(
+        "worker_binary", bits_load,
+        run_worker("worker_binary", bootstrap, binary_source, cfg, {}, expected=cfg.messages),
+    )  # fmt: skip
+    # The same, answering only the anomalies (scores topic off): producing one record per
+    # image, not scoring, is then no longer what bounds the rate.
+    await take(
+        "worker_binary_anomalies_only", bits_load,
+        run_worker(
+            "worker_binary_anomalies_only", bootstrap, binary_source, cfg,
+            {"PIXELWATCH_SCORES_ENABLED": "false"},
+            expected=int(flags.sum()), sink="anomalies", images=cfg.messages,
+        ),
+    )  # fmt: skip
+    # One scores record per message of `per` images (PIXELWATCH_SCORES_GROUPING=message).
+    await take(
+        "worker_binary_grouped", bits_load,
+        run_worker(
+            "worker_binary_grouped", bootstrap, binary_source, cfg,
+            {"PIXELWATCH_SCORES_GROUPING": "message"},
+            expected=-(-cfg.messages // per), images=cfg.messages,
+        ),
+    )  # fmt: skip
+    await bigger_images(bootstrap, cfg, wanted, results)
+
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": os.getloadavg(),
+        },
+        "versions": {
+            "kafka": KAFKA_VERSION,
+            **{
+                p: version(p)
+                for p in ("pixelwatch", "confluent-kafka", "faust-streaming", "onnxruntime")
+            },
+        },
+        "config": {k: str(v) for k, v in asdict(cfg).items()},
+        "throughput": {k: asdict(v) for k, v in results.items()},
     }
-    ratios = {name: rate[a] / rate[b] for name, (a, b) in pairs.items() if a in rate and b in rate}
+    worker_rate = results["worker"].per_second if "worker" in results else None
+    if worker_rate is None and (wants("latency") or wants("commit_interval_trade_off")):
+        console.print("latency runs left out: they run at half the worker's timed rate")
+    elif worker_rate is not None:
+        if wants("latency"):
+            console.print("latency at 50% of the worker's throughput…")
+            report["latency"] = await latency(bootstrap, cfg, 0.5 * worker_rate)
+        if wants("commit_interval_trade_off"):
+            console.print("latency to a read_committed reader, by guarantee and commit interval…")
+            report["commit_interval_trade_off"] = await commit_trade_off(
+                bootstrap, source, cfg, 0.5 * worker_rate
+            )
+    if wants("own_cost"):
+        console.print("own cost per message, in-process…")
+        report["own_cost"] = own_cost(model)
+    if wants("cost_by_size"):
+        console.print("cost per image and stage by image size, in-process…")
+        report["cost_by_size"] = cost_by_size(
+            {f"{size} dense (course)": (model, images)}
+            | {
+                f"{s}x{s} {a}": (
+                    load_model(ensure_sized_model(cfg.model.parent, s, a, cfg.sized_epochs)),
+                    sized_images(s, 500, cfg.anomalous_share),
+                )
+                for s in SIZES
+                for a in ARCHITECTURES
+            }
+        )
+    if wants("shadow_cost"):
+        console.print("shadow scoring cost, in-process…")
+        from benchmarks.shadow_cost import shadow_cost  # it reuses this module's images
+
+        report["shadow_cost"] = shadow_cost(cfg.model, candidate, batches=cfg.cost_batches)
+    if wants("memory_bank_cost"):
+        console.print("memory-bank cost, in-process…")
+        memory = measure_memory_cost(cfg.memory_sizes, (1, 64, 500))
+        report["memory_bank_cost"] = [asdict(point) for point in memory]
+
+    rates = {name: row.per_second for name, row in results.items()}
+    ratios: dict[str, float | None] = {
+        name: ratio(rates[a], rates[b])
+        for name, (a, b) in RATIOS.items()
+        if a in rates and b in rates
+    }
     if "own_cost" in report:
         own = report["own_cost"]
         ratios["own cost/plain JSON round trip"] = own["json_us"] / own["baseline_us"]
     if "shadow_cost" in report:
         ratios["with a shadow/without"] = report["shadow_cost"]["ratio"]
-    thresholds = {
-        "worker/librdkafka >= 0.5": ("worker/librdkafka", 0.5),
-        "worker/faust_agent >= 10": ("worker/faust_agent", 10.0),
-        "worker_exactly_once/worker >= 0.8": ("worker_exactly_once/worker", 0.8),
-        "binary images/librdkafka messages >= 2 (scores on)": (
-            "binary images/librdkafka messages",
-            2.0,
-        ),
-        "binary images/librdkafka messages >= 2 (anomalies only)": (
-            "binary images (anomalies only)/librdkafka messages",
-            2.0,
-        ),
-        "binary images/librdkafka messages >= 5 (scores grouped)": (
-            "binary images (scores grouped by message)/librdkafka messages",
-            5.0,
-        ),
-        # Inputs that carry a traceparent, tracing off: carrying it costs (almost) nothing.
-        "worker_traceparent/worker >= 0.95": ("worker_traceparent/worker", 0.95),
+    targets: dict[str, bool | None] = {
+        name: None if ratios[key] is None else bool(ratios[key] >= least)  # type: ignore[operator]
+        for name, (key, least) in RATIO_TARGETS.items()
+        if key in ratios
     }
-    targets = {name: ratios[r] >= t for name, (r, t) in thresholds.items() if r in ratios}
     if "latency" in report:
         window_ms = Settings().batch_window * 1000
-        p99 = report["latency"]["p99_ms"]
-        targets[f"p99 <= window + 25 ms ({window_ms + 25:.0f} ms)"] = p99 <= window_ms + 25
-    if "worker" in report["throughput"]:
-        targets["peak RSS <= 300 MB"] = (report["throughput"]["worker"]["peak_rss_mb"] or 0) <= 300
+        targets[f"p99 <= window + 25 ms ({window_ms + 25:.0f} ms)"] = (
+            report["latency"]["p99_ms"] <= window_ms + 25
+        )
+    if "worker" in results:
+        targets["peak RSS <= 300 MB"] = (results["worker"].peak_rss_mb or 0) <= 300
     if "own_cost" in report:
         targets["own cost <= 6 us per JSON message"] = report["own_cost"]["json_us"] <= 6.0
-    return ratios, targets
+    report["ratios"] = ratios
+    report["targets"] = targets
+    return report
 
 
 def print_table(report: dict[str, Any]) -> None:
     table = Table(title="pixelwatch benchmark")
-    table.add_column("contender")
-    table.add_column("messages", justify="right")
-    table.add_column("per second", justify="right")
-    table.add_column("peak RSS MB", justify="right")
+    for column in ("contender", "load", "size", "flagged", "images", "seconds"):
+        table.add_column(column, justify="left" if column in ("contender", "load") else "right")
+    for column in ("per second", "MB/s", "Mpixels/s", "peak RSS MB"):
+        table.add_column(column, justify="right")
     for name, row in report["throughput"].items():
-        rss = row["peak_rss_mb"]
+        rss, rate, mb = row["peak_rss_mb"], row["per_second"], row["mb_per_second"]
+        share, pixels = row["anomaly_share"], row["pixels_per_second"]
         table.add_row(
-            name, f"{row['messages']:,}", f"{row['per_second']:,.0f}", f"{rss:.0f}" if rss else ""
-        )
+            name, row["load"], row["image_size"],
+            "" if share is None else f"{100 * share:.1f}%",
+            f"{row['messages']:,}", f"{row['seconds']:.2f}",
+            row["note"] if rate is None else f"{rate:,.0f}",
+            "" if mb is None else f"{mb:,.1f}",
+            "" if pixels is None else f"{pixels / 1e6:,.1f}",
+            f"{rss:.0f}" if rss else "",
+        )  # fmt: skip
     out = Console(highlight=False)
     out.print(table)
     out.print(f"load average: {', '.join(f'{x:.2f}' for x in report['machine']['load_average'])}")
@@ -789,18 +983,35 @@ def print_table(report: dict[str, Any]) -> None:
         out.print("by commit interval (throughput; latency to a read_committed reader):")
         for guarantee, rows in report["commit_interval_trade_off"].items():
             for interval, row in rows.items():
+                rate = (
+                    "too short to time"
+                    if row["per_second"] is None
+                    else (f"{row['per_second']:,.0f}/s")
+                )
                 out.print(
-                    f"  {guarantee} {interval} s: {row['per_second']:,.0f}/s, "
+                    f"  {guarantee} {interval} s: {rate}, "
                     f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms"
                 )
     if "own_cost" in report:
         own = report["own_cost"]
         out.print(
-            "own cost per message (decode, validate, score, encode): "
-            f"JSON {own['json_us']:.2f} µs, JSON batch {own['json_batch_us']:.2f} µs/image, "
-            f"u8 {own['u8_us']:.2f} µs/image, bits {own['bits_us']:.2f} µs/image; "
-            f"plain orjson loads+dumps {own['baseline_us']:.2f} µs"
+            f"own cost per message (decode, validate, score, encode): JSON {own['json_us']:.2f} "
+            f"µs, JSON batch {own['json_batch_us']:.2f} µs/image, u8 {own['u8_us']:.2f} "
+            f"µs/image, bits {own['bits_us']:.2f} µs/image; plain orjson loads+dumps "
+            f"{own['baseline_us']:.2f} µs"
         )
+    if "cost_by_size" in report:
+        sizes = Table(title="µs per image by stage (single-image u8 messages, in-process)")
+        for column in ("model", "decode", "onnx", "encode", "produce", "total", "dominant"):
+            sizes.add_column(column, justify="left" if column in ("model", "dominant") else "right")
+        for row in report["cost_by_size"]:
+            sizes.add_row(
+                row["model"],
+                *(f"{row[f'{stage}_us']:.2f}" for stage in ("decode", "onnx", "encode", "produce")),
+                f"{row['total_us']:.2f}",
+                row["dominant"],
+            )
+        out.print(sizes)
     if "shadow_cost" in report:
         shadow = report["shadow_cost"]
         out.print(
@@ -812,9 +1023,10 @@ def print_table(report: dict[str, Any]) -> None:
         out.print("memory bank (dense network, gray):")
         out.print(markdown([CostPoint(**point) for point in report["memory_bank_cost"]]))
     for name, value in report["ratios"].items():
-        out.print(f"{name}: {value:.2f}")
+        out.print(f"{name}: {TOO_SHORT if value is None else f'{value:.2f}'}")
     for name, ok in report["targets"].items():
-        out.print(f"target {name}: {'met' if ok else 'MISSED'}")
+        verdict = "not timed (too short)" if ok is None else ("met" if ok else "MISSED")
+        out.print(f"target {name}: {verdict}")
 
 
 def results_file(only: frozenset[str] | None) -> Path:

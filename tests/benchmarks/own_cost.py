@@ -4,6 +4,9 @@ messages, is the least any JSON worker does: `orjson.loads` of the input and `or
 of a compact record.
 
     python tests/benchmarks/own_cost.py MODEL.onnx
+
+`cost_by_size` splits the cost per image of single-image binary `u8` messages into the data
+path's stages, for models of several image sizes: which stage dominates changes with the size.
 """
 
 import sys
@@ -14,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Message, Producer
+from numpy.typing import NDArray
 
 from service.cli.produce import encode, encode_messages
 from service.dataplane.pipeline import BatchScorer
@@ -95,6 +99,84 @@ def own_cost(
         "u8_us": _best(lambda: scorer.process(u8), repeats) * per,
         "bits_us": _best(lambda: scorer.process(bits), repeats) * per,
         "baseline_us": _best(baseline, repeats) * per,
+    }
+
+
+STAGES = ("decode", "onnx", "encode", "produce")
+
+
+def cost_by_size(
+    models: dict[str, tuple[Model, NDArray[np.float32]]], batch: int = 500, repeats: int = 15
+) -> list[dict[str, Any]]:
+    """Microseconds per image and stage, best of `repeats`, for each (model, its images):
+    single-image `u8` messages in batches of `batch`, with the worker's default outputs
+    (compact scores, full anomalies with the model headers).
+
+    decode is `Decoder.decode`; onnx the model's scoring call; encode the rest of
+    `BatchScorer.process` (range check, records); produce the librdkafka `produce` calls of
+    the batch's outputs (into a producer whose broker is never reached, so only the call's
+    own cost on the worker's thread is counted, then purged).
+    """
+    producer = Producer(
+        {
+            "bootstrap.servers": "127.0.0.1:9",
+            "queue.buffering.max.messages": 2_000_000,
+            "queue.buffering.max.kbytes": 2_000_000,
+            "linger.ms": 5,
+            "log_level": 0,
+            "error_cb": lambda error: None,
+        }
+    )
+    return [
+        _stages(name, model, images[:batch], producer, repeats)
+        for name, (model, images) in models.items()
+    ]
+
+
+def _stages(
+    name: str, model: Model, pixels: NDArray[np.float32], producer: Producer, repeats: int
+) -> dict[str, Any]:
+    count = len(pixels)
+    messages = _messages(
+        [
+            encode_messages(pixels[k : k + 1], [f"img-{k}"], 1_764_169_200_000, "u8")
+            for k in range(count)
+        ]
+    )
+    scorer = BatchScorer(model)
+    decoded = scorer.decoder.decode(messages).pixels
+    result = scorer.process(messages)
+
+    def produce() -> float:
+        started = time.perf_counter()
+        for key, value in result.scores:
+            producer.produce("scores", value, key, headers=result.headers)
+        for key, value in result.anomalies:
+            producer.produce("anomalies", value, key, headers=result.headers)
+        seconds = time.perf_counter() - started
+        producer.purge(in_queue=True)  # not timed
+        return seconds
+
+    def score() -> object:
+        return model.score(decoded, metric=scorer.metric, threshold=scorer.threshold)
+
+    per = 1e6 / count
+    decode = _best(lambda: scorer.decoder.decode(messages), repeats) * per
+    onnx = _best(score, repeats) * per
+    process = _best(lambda: scorer.process(messages), repeats) * per
+    stages = {
+        "decode": decode,
+        "onnx": onnx,
+        "encode": max(process - decode - onnx, 0.0),
+        "produce": min(produce() for _ in range(repeats + 1)) * per,
+    }
+    return {
+        "model": name,
+        "pixels": model.shape.size,
+        "images": count,
+        **{f"{stage}_us": stages[stage] for stage in STAGES},
+        "total_us": sum(stages.values()),
+        "dominant": max(STAGES, key=lambda stage: stages[stage]),
     }
 
 
