@@ -124,7 +124,11 @@ def test_the_make_target_a_readme_figure_names_writes_its_results_file(results_f
     directory the command passes it, is the results file's."""
     words = RESULTS_FILES[results_file].split()
     dry = subprocess.run(
-        ["make", "-n", *words[1:]], cwd=REPO, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", *words[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()[-1]
     directory, name = results_file.rsplit("/", 1)
     if "-m " in dry:

@@ -733,10 +733,13 @@ def watermarks(consumer: Consumer, tp: TopicPartition, committed: int | None) ->
     connection (up to fetch.wait.max.ms, 500 ms, a partition) whenever everything available is
     already fetched: the loop stood still for up to 2 s every lag interval. librdkafka refetches
     whenever its queue has room, so the cached high watermark is one fetch old while the loop
-    consumes. The broker is asked only before the partition's first fetch, or while nothing is
-    committed there (the lag is then counted from the low watermark, which is not cached)."""
+    consumes. The broker is asked before the partition's first fetch, while nothing is
+    committed there (the lag is then counted from the low watermark, which is not cached), and
+    when the cached figure says no lag: a cached high watermark can be older than messages
+    already written, and a lag of 0 must not be reported while some wait. When caught up, the
+    loop has nothing to hold up."""
     low, high = consumer.get_watermark_offsets(tp, cached=True)
-    if high < 0 or committed is None:
+    if high < 0 or committed is None or high <= committed:
         low, high = consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
     return low, high
 
