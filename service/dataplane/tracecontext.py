@@ -158,6 +158,10 @@ class PassRule:
         return name in self.names or name.startswith(self.prefixes)
 
 
+NO_PASSING: Final = PassRule()
+"""A rule that passes no header: what remains is the trace context."""
+
+
 class Carried(NamedTuple):
     """What one input hands on to each of its outputs."""
 
@@ -232,15 +236,9 @@ def continued(headers: Iterable[Header]) -> list[Header]:
     """An input's headers as its dead letter keeps them (for replay): the trace context
     continues with a new span id, and an invalid one is left out."""
     pairs = list(headers)
-    parents = [v for k, v in pairs if k.lower() == TRACEPARENT]
-    if not parents:
-        return pairs
-    parent = parse_traceparent(parents[0]) if len(parents) == 1 else None
-    states = [v for k, v in pairs if k.lower() == TRACESTATE]
-    state = parse_tracestate(states) if parent is not None and states else None
-    kept: list[Header] = [(k, v) for k, v in pairs if k.lower() not in (TRACEPARENT, TRACESTATE)]
-    if parent is not None:
-        kept.append((TRACEPARENT, parent.child()))
-        if state is not None:
-            kept.append((TRACESTATE, state))
-    return kept
+    if not any(k.lower() == TRACEPARENT for k, _ in pairs):
+        return pairs  # no trace context to continue (a lone tracestate stays as it came)
+    hand_on = carried(pairs, NO_PASSING)  # the trace context alone, read as for any output
+    trace = (TRACEPARENT, TRACESTATE)
+    kept: list[Header] = [(k, v) for k, v in pairs if k.lower() not in trace]
+    return kept + (hand_on.headers() if hand_on is not None else [])
