@@ -934,7 +934,7 @@ async def bench(bootstrap: str, cfg: Config) -> dict[str, Any]:
     if "shadow_cost" in report:
         ratios["with a shadow/without"] = report["shadow_cost"]["ratio"]
     targets: dict[str, bool | None] = {
-        name: None if ratios[key] is None else bool(ratios[key] >= least)  # type: ignore[operator]
+        name: None if (value := ratios[key]) is None else value >= least
         for name, (key, least) in RATIO_TARGETS.items()
         if key in ratios
     }
