@@ -161,6 +161,10 @@ class Tally:
                 "enable.auto.commit": False,
                 # What a downstream consumer should see: committed transactions only.
                 "isolation.level": "read_committed",
+                # An output topic deleted and created again starts at offset 0, behind this
+                # reader's position: read it from its start, not from its end (the default),
+                # or the answers written to it before the reset go uncounted.
+                "auto.offset.reset": "earliest",
                 "fetch.max.bytes": 4_000_000,
                 "log_level": 0,
             }
