@@ -63,6 +63,31 @@ class Autoencoder(nn.Module):
         """The latent code [batch, code]: the bottleneck the decoder starts from."""
         return self.encoder(pixels)  # type: ignore[no-any-return]  # nn.Module call
 
+    def first_layer(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The encoder's first layer of features, flattened [batch, n]: its output after the
+        first non-linearity (a dense layer's hidden units, a convolution's feature maps).
+
+        A memory bank can store these beside the codes (`--memory-features`): they keep the
+        local detail that the code compresses away, as PatchCore's mid-level features do.
+        """
+        if not isinstance(self.encoder, nn.Sequential):
+            raise ArchitectureError(
+                f"{type(self).__name__}'s encoder has no first layer of features to store "
+                "(use --memory-features code)"
+            )
+        features: torch.Tensor = pixels
+        weighted = False  # a Linear or convolution seen: the next non-linearity ends it
+        for layer in self.encoder:
+            features = layer(features)
+            if isinstance(layer, nn.Linear | nn.Conv2d):
+                weighted = True
+            elif weighted and not isinstance(layer, nn.Flatten | nn.Unflatten | nn.Dropout):
+                return features.flatten(1)
+        raise ArchitectureError(
+            f"{type(self).__name__}'s encoder has no non-linearity before its code "
+            "(use --memory-features code)"
+        )
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encode(pixels))  # type: ignore[no-any-return]  # nn.Module call
 

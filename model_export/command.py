@@ -20,6 +20,7 @@ from model_export.defaults import (
     MIN_CODE,
     ONE_KIND_LIKENESS,
 )
+from model_export.memory import MEMORY_FEATURES
 from model_export.pipeline import MODES, OptionError, TrainOptions, TrainResult, train_and_export
 from model_export.scaling import (
     COURSE_EPOCHS,
@@ -216,6 +217,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="memory distance: to the K-th nearest stored code (default: %(default)s)",
     )
+    scoring.add_argument(
+        "--memory-features",
+        choices=MEMORY_FEATURES,
+        default=DEFAULTS.memory_features,
+        help="what the memory bank stores of each training image: its code, or its code and "
+        "the encoder's first layer of features (the distance is then the geometric mean of "
+        "the two; the best leave-one-out digits configuration in docs/benchmarks.md; not for "
+        "seq2seq) (default: %(default)s)",
+    )
 
 
 def whole_or_auto(text: str) -> int | Literal["auto"]:
@@ -282,6 +292,7 @@ def options_from(args: argparse.Namespace) -> TrainOptions:
         skip_bad=args.skip_bad,
         memory_size=args.memory_size,
         memory_k=args.memory_k,
+        memory_features=args.memory_features,
     )
 
 

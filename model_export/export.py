@@ -113,6 +113,10 @@ class ScoringGraph(nn.Module):
         encode = cast(Callable[[torch.Tensor], torch.Tensor], self.network.encode)
         return encode(pixels)
 
+    def first_layer(self, pixels: torch.Tensor) -> torch.Tensor:
+        first = cast(Callable[[torch.Tensor], torch.Tensor], self.network.first_layer)
+        return first(pixels)
+
     def hamming(self, pixels: torch.Tensor) -> torch.Tensor:
         """The reconstruction similarity that `combined` uses, for fitting the memory bank."""
         return METRIC_FUNCTIONS[COMBINED_RECONSTRUCTION](pixels, self.reconstruct(pixels))
@@ -130,7 +134,8 @@ class ScoringGraph(nn.Module):
         }
         if self.memory is None:
             return (reconstruction, *similarities.values())
-        memory = self.memory(self.encode(pixels), similarities[COMBINED_RECONSTRUCTION])
+        first = self.first_layer(pixels) if self.memory.first_bank is not None else None
+        memory = self.memory(self.encode(pixels), similarities[COMBINED_RECONSTRUCTION], first)
         return (reconstruction, *similarities.values(), *memory)
 
 
@@ -145,7 +150,9 @@ def scoring_graph(
     `train`, calibrated on `calibration` (held-out normal images) or leave-one-out."""
     graph = ScoringGraph(network.eval(), mode).eval()
     chosen = settings or MemorySettings()
-    graph.memory = fit_memory(graph.encode, graph.hamming, train, calibration, chosen)
+    graph.memory = fit_memory(
+        graph.encode, graph.hamming, train, calibration, chosen, first_layer=graph.first_layer
+    )
     return graph
 
 

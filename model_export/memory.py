@@ -6,6 +6,11 @@ them. `train` stores every training code, or a coreset of them when there are mo
 `MemorySettings.codes`; the graph computes the distance d from an image's code to the k-th
 nearest stored code and turns it into two similarities:
 
+With `--memory-features code+first-layer` the bank also stores each stored image's first
+layer of encoder features (`Autoencoder.first_layer`), and d is the geometric mean of the two
+nearest distances, sqrt(d_code * d_first): the code says which kind of image it is, the first
+layer keeps the local detail the code compresses away (PatchCore's mid-level features).
+
 - `memory` = 1 / (1 + d / scale). `scale` is fitted on the calibration images (below) as
   1.5 times the 99th percentile of their distances, so that the course's default threshold,
   0.60, flags an image farther from the bank than 99% of the calibration images. The map is
@@ -33,7 +38,7 @@ then repeatedly add the code farthest from those chosen; deterministic for a see
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, get_args
 
 import numpy as np
 import torch
@@ -54,6 +59,9 @@ _MEMORY_AT_THRESHOLD: Final = 1.0 / DEFAULT_THRESHOLD - 1.0
 _SQUASH_AT_THRESHOLD: Final = -(2.0 * DEFAULT_THRESHOLD - 1.0) / (2.0 - 2.0 * DEFAULT_THRESHOLD)
 _CHUNK: Final = 4096  # rows per distance block while fitting (bounds the memory used)
 
+MemoryFeatures = Literal["code", "code+first-layer"]
+MEMORY_FEATURES: Final[tuple[MemoryFeatures, ...]] = get_args(MemoryFeatures)
+
 Encode = Callable[[torch.Tensor], torch.Tensor]
 Similarity = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,17 +72,24 @@ class MemoryBankError(PixelwatchError):
 
 @dataclass(frozen=True)
 class MemorySettings:
-    """How many codes to store at most, which neighbour to measure, and the coreset's seed."""
+    """How many codes to store at most, which neighbour to measure, the coreset's seed, and
+    what the bank stores of each image."""
 
     codes: int = DEFAULT_CODES
     k: int = DEFAULT_K
     seed: int = 0
+    features: MemoryFeatures = "code"
 
     def __post_init__(self) -> None:
         for name, flag in (("codes", "--memory-size"), ("k", "--memory-k")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MemoryBankError(f"{flag} must be a whole number >= 1 (got {value!r})")
+        if self.features not in MEMORY_FEATURES:
+            known = ", ".join(MEMORY_FEATURES)
+            raise MemoryBankError(
+                f"--memory-features must be one of {known} (got {self.features!r})"
+            )
 
 
 def greedy_coreset(codes: NDArray[np.floating], size: int, seed: int) -> NDArray[np.intp]:
@@ -99,52 +114,90 @@ def greedy_coreset(codes: NDArray[np.floating], size: int, seed: int) -> NDArray
     return np.sort(np.asarray(chosen, dtype=np.intp))
 
 
-class MemoryBank(nn.Module):
-    """codes [batch, c] and the Hamming similarity [batch] -> (memory, combined).
+class _Stored(nn.Module):
+    """Stored points (codes, or first layers) and the distance to their k-th nearest.
 
     Squared distances use the expanded form |z|^2 - 2 z.b + |b|^2: one matrix product
-    against the stored codes, which is what makes a large bank affordable (the cost table in
-    docs/benchmarks.md). Its float32 rounding leaves a stored code a distance of about 1e-3 of
-    the codes' size instead of 0, so such an image scores memory 0.999 or so rather than
-    exactly 1; the codes are centred on their mean to keep that small.
+    against the stored points, which is what makes a large bank affordable (the cost table in
+    docs/benchmarks.md). Its float32 rounding leaves a stored point a distance of about 1e-3
+    of the points' size instead of 0; the points are centred on their mean to keep that small.
     """
 
-    def __init__(self, bank: NDArray[np.floating], info: MemoryInfo) -> None:
+    def __init__(self, points: NDArray[np.floating]) -> None:
         super().__init__()
-        codes = torch.as_tensor(np.asarray(bank, dtype=np.float32))
-        centre = codes.mean(dim=0)
+        stored = torch.as_tensor(np.asarray(points, dtype=np.float32))
+        centre = stored.mean(dim=0)
         self.centre: torch.Tensor
         self.stored: torch.Tensor
         self.stored_norms: torch.Tensor
         self.register_buffer("centre", centre)
-        # Stored transposed, [code, n]: the matrix product and the gather then read the same
-        # constant, and the exported graph holds the codes once.
-        self.register_buffer("stored", (codes - centre).T.contiguous())
-        self.register_buffer("stored_norms", (codes - centre).square().sum(dim=1))
+        # Stored transposed, [size, n]: the matrix product and the gather then read the same
+        # constant, and the exported graph holds the points once.
+        self.register_buffer("stored", (stored - centre).T.contiguous())
+        self.register_buffer("stored_norms", (stored - centre).square().sum(dim=1))
+
+    @property
+    def points(self) -> torch.Tensor:
+        """The stored points [n, size], as given (not centred)."""
+        return self.stored.T + self.centre
+
+    def kth(self, points: torch.Tensor, k: int) -> torch.Tensor:
+        """Euclidean distance from each point to its k-th nearest stored point."""
+        z = points - self.centre
+        # |b|^2 - 2 z.b is one Gemm with a bias; |z|^2 is the same for every b of a row, so
+        # it is added after the minimum (or TopK), over [batch] instead of [batch, n].
+        partial = torch.addmm(self.stored_norms, z, self.stored, alpha=-2.0)
+        if k == 1:  # ReduceMin: TopK and ArgMin cost several times more
+            nearest = partial.amin(dim=1)
+        else:
+            nearest = torch.topk(partial, k, dim=1, largest=False).values[:, -1]
+        return (nearest + z.square().sum(dim=1)).clamp_min(0.0).sqrt()
+
+
+class MemoryBank(_Stored):
+    """codes [batch, c] and the Hamming similarity [batch] -> (memory, combined).
+
+    The stored codes are this module's own points (so a stored code scores memory 0.999 or so
+    rather than exactly 1, see `_Stored`); first-layer features, when stored, are
+    `first_bank`'s.
+    """
+
+    def __init__(
+        self,
+        bank: NDArray[np.floating],
+        info: MemoryInfo,
+        first: NDArray[np.floating] | None = None,
+    ) -> None:
+        super().__init__(bank)
+        # The stored images' first layers of features (row i is code i's image), or None.
+        self.first_bank = None if first is None else _Stored(first)
         self.info = info
 
     @property
     def codes(self) -> torch.Tensor:
         """The stored codes [n, code], as given (not centred)."""
-        return self.stored.T + self.centre
+        return self.points
 
-    def distance(self, codes: torch.Tensor) -> torch.Tensor:
-        """Euclidean distance from each code to its k-th nearest stored code."""
-        z = codes - self.centre
-        # |b|^2 - 2 z.b is one Gemm with a bias; |z|^2 is the same for every b of a row, so
-        # it is added after the minimum (or TopK), over [batch] instead of [batch, n].
-        partial = torch.addmm(self.stored_norms, z, self.stored, alpha=-2.0)
-        if self.info.k == 1:  # ReduceMin: TopK and ArgMin cost several times more
-            nearest = partial.amin(dim=1)
-        else:
-            nearest = torch.topk(partial, self.info.k, dim=1, largest=False).values[:, -1]
-        return (nearest + z.square().sum(dim=1)).clamp_min(0.0).sqrt()
+    def distance(self, codes: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+        """Each image's distance to the bank: to its code's k-th nearest stored code; with
+        first-layer features stored, the geometric mean of that and the same distance between
+        first layers (`first`, required then)."""
+        k = self.info.k
+        distance = self.kth(codes, k)
+        if self.first_bank is None:
+            return distance
+        if first is None:
+            raise MemoryBankError("this memory bank also needs the images' first layers")
+        return (distance * self.first_bank.kth(first, k)).sqrt()
 
     def forward(
-        self, codes: torch.Tensor, reconstruction: torch.Tensor
+        self,
+        codes: torch.Tensor,
+        reconstruction: torch.Tensor,
+        first: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         info = self.info
-        memory = 1.0 / (1.0 + self.distance(codes) / info.scale)
+        memory = 1.0 / (1.0 + self.distance(codes, first) / info.scale)
         z = (info.reconstruction_mean - reconstruction) / info.reconstruction_spread
         z = z + (info.memory_mean - memory) / info.memory_spread
         t = z / 2.0 - info.offset
@@ -157,13 +210,18 @@ def fit_memory(
     train: NDArray[np.float32],
     calibration: NDArray[np.float32] | None,
     settings: MemorySettings,
+    first_layer: Encode | None = None,
 ) -> MemoryBank:
     """Store the training codes (or their coreset) and fit both maps on the calibration images.
 
     `encode` gives latent codes and `hamming` the Hamming similarity of the scoring graph
     (same reconstruction convention), both for a batch of pixels; `calibration` are held-out
     normal images, or None (or empty) to calibrate leave-one-out on the training images.
+    `first_layer` gives the encoder's first features, needed when the settings store them.
     """
+    with_first = settings.features == "code+first-layer"
+    if with_first and first_layer is None:
+        raise MemoryBankError("--memory-features code+first-layer needs the encoder's first layer")
     if len(train) == 0:
         raise MemoryBankError("the memory bank needs at least one training image")
     held_out = calibration is not None and len(calibration) > 0
@@ -178,6 +236,15 @@ def fit_memory(
             distances = kth_distances(encode(pixels).numpy(), codes[chosen], k)
         else:
             distances = kth_distances(codes, codes[chosen], k, stored_rows=chosen)
+        first: NDArray[np.float32] | None = None
+        if with_first:
+            assert first_layer is not None
+            first = first_layer(torch.from_numpy(np.ascontiguousarray(train))).numpy()
+            if held_out:
+                apart = kth_distances(first_layer(pixels).numpy(), first[chosen], k)
+            else:
+                apart = kth_distances(first, first[chosen], k, stored_rows=chosen)
+            distances = np.sqrt(distances * apart)  # as MemoryBank.distance
     measured = np.isfinite(distances)  # leave-one-out: no k other codes for a lone image
     if measured.any():
         distances, similarity = distances[measured], similarity[measured]
@@ -202,8 +269,9 @@ def fit_memory(
         memory_mean=m_mean,
         memory_spread=m_spread,
         offset=float(np.quantile(z, CALIBRATION_QUANTILE)) - _SQUASH_AT_THRESHOLD,
+        features=settings.features,
     )
-    return MemoryBank(codes[chosen], info)
+    return MemoryBank(codes[chosen], info, None if first is None else first[chosen])
 
 
 def kth_distances(

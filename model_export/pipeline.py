@@ -40,7 +40,13 @@ from model_export.calibrate import (
 )
 from model_export.defaults import AUTO, Choice, choose
 from model_export.export import ScoringGraph, export_scoring_graph, scoring_graph, write_metadata
-from model_export.memory import DEFAULT_CODES, DEFAULT_K, MemorySettings
+from model_export.memory import (
+    DEFAULT_CODES,
+    DEFAULT_K,
+    MEMORY_FEATURES,
+    MemoryFeatures,
+    MemorySettings,
+)
 from model_export.reference import with_reference
 from model_export.report import MAX_EXAMPLES, ReportData, report_path, write_report
 from model_export.scaling import (
@@ -94,6 +100,7 @@ class TrainOptions:
     skip_bad: bool = False  # skip unreadable image files (and say which) instead of failing
     memory_size: int = DEFAULT_CODES  # latent codes stored at most (a coreset beyond)
     memory_k: int = DEFAULT_K  # memory distance: to the k-th nearest stored code
+    memory_features: MemoryFeatures = "code"  # or code+first-layer: what the bank stores
 
     def __post_init__(self) -> None:
         for name in ("epochs", "width", "height", "batch_size", "memory_size", "memory_k"):
@@ -128,6 +135,11 @@ class TrainOptions:
             raise OptionError(f"--threshold must be between 0 and 1 (got {self.threshold:g})")
         if self.fpr is not None:
             check_fpr_range(self.fpr)
+        if self.memory_features not in MEMORY_FEATURES:
+            known = ", ".join(MEMORY_FEATURES)
+            raise OptionError(
+                f"--memory-features must be one of {known} (got {self.memory_features!r})"
+            )
         if self.arch not in ARCHITECTURES and self.arch != AUTO:
             known = ", ".join([*sorted(ARCHITECTURES), AUTO])
             raise OptionError(f"--arch must be one of {known} (got {self.arch!r})")
@@ -140,7 +152,9 @@ class TrainOptions:
 
     @property
     def memory(self) -> MemorySettings:
-        return MemorySettings(codes=self.memory_size, k=self.memory_k, seed=self.seed)
+        return MemorySettings(
+            codes=self.memory_size, k=self.memory_k, seed=self.seed, features=self.memory_features
+        )
 
 
 @dataclass(frozen=True)

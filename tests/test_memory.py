@@ -231,3 +231,79 @@ def test_memory_and_combined_are_chosen_like_any_metric(
     monkeypatch.setenv("PIXELWATCH_METRIC", "memories")
     with pytest.raises(ValidationError, match="'memory' or 'combined'"):
         Settings()
+
+
+def halves(pixels: torch.Tensor) -> torch.Tensor:
+    """A stand-in first layer: each point's coordinates, doubled."""
+    return 2.0 * pixels
+
+
+def test_a_bank_with_first_layers_measures_the_geometric_mean_of_both_distances() -> None:
+    train, probe = points(120, 1), points(40, 2) * 2.0
+    code = lambda pixels: pixels[:, :2]  # noqa: E731 - a stand-in encoder: two of three coords
+    settings = MemorySettings(codes=60, features="code+first-layer")
+    bank = fit_memory(code, darkness, train, None, settings, first_layer=halves)
+    assert bank.info.features == "code+first-layer" and bank.first_bank is not None
+    stored_codes, stored_first = bank.codes.numpy(), bank.first_bank.points.numpy()
+    with torch.no_grad():
+        tensor = torch.from_numpy(probe)
+        measured = bank.distance(code(tensor), halves(tensor)).numpy()
+        with pytest.raises(MemoryBankError, match="also needs the images' first layers"):
+            bank.distance(code(tensor))
+    expected = np.sqrt(
+        kth_distances(probe[:, :2], stored_codes, 1) * kth_distances(2.0 * probe, stored_first, 1)
+    )
+    np.testing.assert_allclose(measured, expected, rtol=1e-4, atol=1e-4)
+    # The same rows are stored of both: the first layers are those of the stored codes' images.
+    rows = [int(np.abs(train[:, :2] - c).sum(axis=1).argmin()) for c in stored_codes]
+    np.testing.assert_allclose(stored_first, 2.0 * train[rows], rtol=1e-5, atol=1e-5)
+    # A code-only bank of the same images measures another distance.
+    plain = fit_memory(code, darkness, train, None, MemorySettings(codes=60))
+    assert plain.first_bank is None and plain.info.features == "code"
+    with torch.no_grad():
+        assert not np.allclose(plain.distance(code(tensor)).numpy(), measured)
+
+
+def test_memory_features_other_than_the_two_are_refused_in_one_line() -> None:
+    with pytest.raises(MemoryBankError) as caught:
+        MemorySettings(features="pixels")  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "--memory-features must be one of code, code+first-layer (got 'pixels')"
+    )
+    with pytest.raises(OptionError, match="--memory-features must be one of"):
+        TrainOptions(memory_features="pixels")  # type: ignore[arg-type]
+
+
+def test_train_stores_first_layers_in_the_graph_and_onnx_scores_as_torch(
+    digits_file: Path, tmp_path: Path
+) -> None:
+    parser = argparse.ArgumentParser(prog="pixelwatch train")
+    configure_parser(parser)
+    argv = ["--data", str(digits_file), "--out", str(tmp_path / "m.onnx"), "--arch", "conv"]
+    argv += ["--code", "16", "--metric", "memory", "--memory-features", "code+first-layer"]
+    options = dataclasses.replace(
+        options_from(parser.parse_args(argv)), epochs=3, batch_size=32, report=False
+    )
+    assert options.memory_features == "code+first-layer"
+    result = train_and_export(digits_file, tmp_path / "m.onnx", options)
+    model = load_model(result.model_path)
+    assert model.metadata.memory.features == "code+first-layer"
+    # conv's first layer: 8 feature maps of 8x8 per stored image, beside the 16-wide codes.
+    graph = onnx.load_model(str(result.model_path)).graph
+    [first] = [t for t in graph.initializer if t.name == "memory.first_bank.stored"]
+    assert list(first.dims) == [8 * 64, 300]
+    assert bank_shape(result.model_path) == [300, 16]
+    images = (load_digits().images[300:340].reshape(40, 64) / 16).astype(np.float32)
+    with torch.no_grad():
+        *_, memory, _ = result.graph(torch.from_numpy(images))
+    np.testing.assert_allclose(model.score(images).similarity, memory.numpy(), atol=1e-4)
+
+
+def test_an_architecture_without_a_first_layer_cannot_store_one(
+    digits_file: Path, tmp_path: Path
+) -> None:
+    options = TrainOptions(
+        epochs=1, batch_size=64, arch="seq2seq", memory_features="code+first-layer", report=False
+    )
+    with pytest.raises(Exception, match="no first layer of features to store"):
+        train_and_export(digits_file, tmp_path / "s.onnx", options)

@@ -29,6 +29,7 @@ from model_export.digits.protocol import (
     run_protocol,
 )
 from model_export.digits.table import Row, Verdict, markdown, rich_tables, summarise, targets
+from model_export.memory import MEMORY_FEATURES
 from service.errors import PixelwatchError
 
 DEFAULT_OUT: Final = Path("artifacts/eval-digits")
@@ -160,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s; the defaults row keeps train's own)",
     )
     parser.add_argument(
+        "--memory-features",
+        choices=MEMORY_FEATURES,
+        default=default.memory_features,
+        help="what the architectures' memory banks store, as train's --memory-features "
+        "(default: %(default)s; the defaults row keeps train's own)",
+    )
+    parser.add_argument(
         "--size",
         type=int,
         default=default.size,
@@ -205,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             defaults=not args.no_defaults,
             size=args.size,
             memory_size=args.memory_size,
+            memory_features=args.memory_features,
         )
         if args.jobs < 1:
             raise ProtocolError("--jobs must be >= 1")

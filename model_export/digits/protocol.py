@@ -42,7 +42,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from model_export.architectures import ARCHITECTURES
 from model_export.digits.baselines import BASELINES
 from model_export.export import scoring_graph
-from model_export.memory import DEFAULT_CODES, MemorySettings
+from model_export.memory import DEFAULT_CODES, MemoryFeatures, MemorySettings
 from model_export.train import FitSettings, one_thread, train
 from service.errors import PixelwatchError
 from service.progress import progress_bar
@@ -89,6 +89,7 @@ class Protocol:
     defaults: bool = True  # a "defaults" row: `pixelwatch train --data ... --mode ...` alone
     size: int = SHAPE.width  # images upscaled to size x size (8: the digits as they are)
     memory_size: int = DEFAULT_CODES  # codes the scoring graph stores at most (train's default)
+    memory_features: MemoryFeatures = "code"  # what the bank stores (train's default)
 
     def __post_init__(self) -> None:
         if not self.protocols or set(self.protocols) - set(PROTOCOLS):
@@ -285,6 +286,7 @@ class Task:
     params: dict[str, int]
     size: int = SHAPE.width
     memory_size: int = DEFAULT_CODES
+    memory_features: MemoryFeatures = "code"
 
 
 def run_autoencoder(task: Task) -> list[Run]:
@@ -301,7 +303,7 @@ def run_autoencoder(task: Task) -> list[Run]:
         shape = ImageShape(task.size, task.size)
         trained = train(task.arch, shape, task.params, train_pixels, task.settings)
         elapsed = time.perf_counter() - start
-        memory = MemorySettings(codes=task.memory_size)
+        memory = MemorySettings(codes=task.memory_size, features=task.memory_features)
         graph = scoring_graph(
             trained.autoencoder, model_mode(task.mode), train_pixels, settings=memory
         )
@@ -389,6 +391,7 @@ def run_protocol(protocol: Protocol, *, jobs: int = 1, progress: bool = False) -
             protocol.params_for(s.protocol),
             protocol.size,
             protocol.memory_size,
+            protocol.memory_features,
         )
         for arch in protocol.archs
         for mode in protocol.modes

@@ -61,6 +61,11 @@ class MemoryInfo(BaseModel):
     memory_mean: Finite  # of memory similarity on the calibration images
     memory_spread: Positive
     offset: Finite  # combined = squash(mean standardised score - offset)
+    features: Literal["code", "code+first-layer"] = Field(
+        default="code",
+        description="what the bank stores of each image: its code, or its code and the "
+        "encoder's first layer (distance: the geometric mean of the two)",
+    )
 
 
 class DefaultsChoice(BaseModel):
