@@ -107,7 +107,7 @@ class Decoder:
         fast = _Fast()
         size = self.size
         slow = Decoded(pixels=np.empty((0, self.size), dtype=np.float32))
-        rows: list[NDArray[np.float32]] = []  # the slow and binary paths' rows
+        rows: list[NDArray[np.float32]] = []  # the slow and binary paths' rows, in blocks
         values = [message.value() for message in messages]
         # numpy would read JSON booleans as 0 and 1, pydantic refuses them: any message that
         # may hold one leaves the fast path, and pydantic says what is wrong. One scan of the
@@ -188,7 +188,7 @@ class Decoder:
             array = fast.array(self.size)
             assert array is not None
         out = Decoded(
-            pixels=np.concatenate([array, np.asarray(rows, dtype=np.float32)]) if rows else array,
+            pixels=np.concatenate([array, *rows]) if rows else array,
             message=fast.message + slow.message,
             index=fast.index + slow.index,
             ids=fast.ids + slow.ids,
@@ -253,14 +253,20 @@ class Decoder:
             images = data.astype(np.float32) / np.float32(255.0)
         else:
             images = np.unpackbits(data, axis=1, count=self.size).astype(np.float32)
+        rows.append(images)  # one block per message: the bookkeeping below is per list, too
         count = len(images)
-        for k in range(count):
-            rows.append(images[k])
+        if count == 1:
             out.message.append(i)
-            out.index.append(WHOLE if count == 1 else k)
-            out.ids.append(base if count == 1 or base is None else f"{base}:{k}")
+            out.index.append(WHOLE)
+            out.ids.append(base)
             out.ts.append(None)
-            out.values.append(None if count == 1 else raw[k * per_image : (k + 1) * per_image])
+            out.values.append(None)
+            return
+        out.message.extend([i] * count)
+        out.index.extend(range(count))
+        out.ids.extend([None] * count if base is None else [f"{base}:{k}" for k in range(count)])
+        out.ts.extend([None] * count)
+        out.values.extend([raw[k : k + per_image] for k in range(0, len(raw), per_image)])
 
     def _slow(
         self,
@@ -276,7 +282,7 @@ class Decoder:
         except Rejected as exc:
             out.rejects.append(Reject(i, index, exc.reason, str(exc), value))
             return
-        rows.append(row)
+        rows.append(row.reshape(1, -1))
         out.message.append(i)
         out.index.append(index)
         out.ids.append(message.id)

@@ -376,11 +376,16 @@ class BatchScorer:
             if ts is None:
                 ts = kafka_ts
             add_ts(ts)
-            source = prefix + (b"}" if index == WHOLE else b',"index":%d}' % index)
             key = ident.encode()
             add_key(key)
             ident_json = orjson.dumps(ident)
             flagged = anomaly[row]
+            grouped_image = group and index != WHOLE
+            if grouped_image and not flagged:  # the common case of grouped scores: a verdict
+                verdict = encoder.verdict(ident_json, index, False, numbers[row], ts)
+                grouped.setdefault(position, []).append(verdict)
+                continue
+            source = prefix + (b"}" if index == WHOLE else b',"index":%d}' % index)
             # Each record form is encoded at most once, and only if a topic takes it.
             full = compact = b""
             if scores_format == "full" or (flagged and anomalies_format == "full"):
@@ -388,7 +393,6 @@ class BatchScorer:
                     ident_json, flagged, numbers[row], decoded.pixels[row],
                     scored.reconstruction[row], source, ts, detected_at,
                 )  # fmt: skip
-            grouped_image = group and index != WHOLE
             # A grouped image's scores record is its verdict, not a compact record.
             if (scores_format == "compact" and not grouped_image) or (
                 flagged and anomalies_format == "compact"
