@@ -52,7 +52,7 @@ class RecordEncoder:
         )
 
     def verdict(
-        self, ident: bytes, index: int, anomaly: bool, numbers: list[bytes], ts: int
+        self, ident: bytes, index: int, anomaly: bool, numbers: Sequence[bytes], ts: int
     ) -> bytes:
         """One image in a message's scores record (schemas.ImageVerdict)."""
         return self._verdict % (ident, index, _BOOL[anomaly], *numbers, ts)
@@ -62,16 +62,20 @@ class RecordEncoder:
         dead_json = b",".join(b'{"index":%d,"reason":"%s"}' % (i, r.encode()) for i, r in dead)
         return self._message % (source, b",".join(verdicts), dead_json)
 
-    def numbers(self, columns: NDArray[np.float32]) -> list[list[bytes]]:
-        """Rows of [similarity, score per metric] as JSON number texts, one orjson call."""
+    def numbers(self, columns: NDArray[np.float32]) -> list[tuple[bytes, ...]]:
+        """Rows of [similarity, score per metric] as JSON number texts: one orjson call and
+        one split per column, not per row (a split per row was a fifth of a grouped batch)."""
         if not len(columns):
             return []
-        text = orjson.dumps(np.ascontiguousarray(columns), option=orjson.OPT_SERIALIZE_NUMPY)
-        # `[[a,b],[c,d]]`: numbers contain no brackets or commas, so splitting is exact.
-        return [row.split(b",") for row in text[2:-2].split(b"],[")]
+        texts = [
+            # `[a,b,c]`: numbers contain no brackets or commas, so splitting is exact.
+            orjson.dumps(np.ascontiguousarray(column), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+            for column in np.asarray(columns).T
+        ]
+        return list(zip(*(text.split(b",") for text in texts), strict=True))
 
     def compact(
-        self, ident: bytes, anomaly: bool, numbers: list[bytes], source: bytes, ts: int
+        self, ident: bytes, anomaly: bool, numbers: Sequence[bytes], source: bytes, ts: int
     ) -> bytes:
         return self._compact % (ident, _BOOL[anomaly], *numbers, source, ts)
 
@@ -79,7 +83,7 @@ class RecordEncoder:
         self,
         ident: bytes,
         anomaly: bool,
-        numbers: list[bytes],
+        numbers: Sequence[bytes],
         pixels: NDArray[np.float32],
         reconstruction: NDArray[np.float32],
         source: bytes,
