@@ -307,3 +307,15 @@ def test_an_architecture_without_a_first_layer_cannot_store_one(
     )
     with pytest.raises(Exception, match="no first layer of features to store"):
         train_and_export(digits_file, tmp_path / "s.onnx", options)
+
+
+def test_a_codes_only_bank_is_written_as_before_features_existed(
+    seed_model_path: Path,  # noqa: F811 - pytest injects the fixture
+) -> None:
+    # Workers that predate --memory-features refuse unknown keys: a default model must not
+    # carry one, and a model that stores first layers says so.
+    metadata = load_model(seed_model_path).metadata
+    assert metadata.memory.features == "code"
+    assert "features" not in json.loads(metadata.to_props()["pixelwatch.memory"])
+    first = metadata.memory.model_copy(update={"features": "code+first-layer"})
+    assert json.loads(first.model_dump_json())["features"] == "code+first-layer"

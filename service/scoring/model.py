@@ -20,7 +20,15 @@ from typing import Annotated, Any, Final, Literal
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from service.errors import ModelError
 from service.scoring.images import ImageShape, Pixels
@@ -66,6 +74,15 @@ class MemoryInfo(BaseModel):
         description="what the bank stores of each image: its code, or its code and the "
         "encoder's first layer (distance: the geometric mean of the two)",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_default_features(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A bank of codes only is written as before `features` existed, so that workers
+        # that predate it still load such a model (they refuse keys they do not know).
+        data = handler(self)
+        if isinstance(data, dict) and data.get("features") == "code":
+            del data["features"]
+        return data
 
 
 class DefaultsChoice(BaseModel):
