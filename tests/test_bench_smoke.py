@@ -97,7 +97,7 @@ async def test_benchmark_runs_every_contender_and_reports_ratios(
         assert report["throughput"][faust]["messages"] == 100, faust
     assert report["throughput"]["worker_binary"]["messages"] == 400  # images, 10 per message
     assert report["throughput"]["worker_binary_grouped"]["messages"] == 400  # from 40 records
-    for cost in ("json_us", "json_batch_us", "u8_us", "bits_us", "baseline_us"):
+    for cost in ("json_us", "json_batch_us", "u8_us", "bits_us", "bits_grouped_us", "baseline_us"):
         assert 0 < report["own_cost"][cost] < 1000, cost
     assert report["shadow_cost"]["ratio"] > 1  # a second model costs something
     sizes = {(p["codes"], p["batch"]) for p in report["memory_bank_cost"]}

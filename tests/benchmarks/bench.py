@@ -997,7 +997,8 @@ def print_table(report: dict[str, Any]) -> None:
         out.print(
             f"own cost per message (decode, validate, score, encode): JSON {own['json_us']:.2f} "
             f"µs, JSON batch {own['json_batch_us']:.2f} µs/image, u8 {own['u8_us']:.2f} "
-            f"µs/image, bits {own['bits_us']:.2f} µs/image; plain orjson loads+dumps "
+            f"µs/image, bits {own['bits_us']:.2f} µs/image (scores grouped by message "
+            f"{own['bits_grouped_us']:.2f}); plain orjson loads+dumps "
             f"{own['baseline_us']:.2f} µs"
         )
     if "cost_by_size" in report:

@@ -80,6 +80,7 @@ def own_cost(
         ]
     )
     scorer = BatchScorer(model)
+    grouped = BatchScorer(model, scores_grouping="message")
     record = {"id": "img-0", "anomaly": False, "similarity": 0.984375,
               "scores": {"hamming": 0.98, "ruzicka": 0.9, "dice": 0.95, "cosine": 0.94},
               "model": {"version": model.version, "sha256": model.sha256},
@@ -98,6 +99,8 @@ def own_cost(
         "json_batch_us": _best(lambda: scorer.process(json_batch), repeats) * per,
         "u8_us": _best(lambda: scorer.process(u8), repeats) * per,
         "bits_us": _best(lambda: scorer.process(bits), repeats) * per,
+        # One scores record per message (PIXELWATCH_SCORES_GROUPING=message).
+        "bits_grouped_us": _best(lambda: grouped.process(bits), repeats) * per,
         "baseline_us": _best(baseline, repeats) * per,
     }
 
