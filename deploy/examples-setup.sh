@@ -4,6 +4,8 @@
 # Debian/Ubuntu as root, installs Debian's `kcat` and `openjdk-17-jdk-headless`. Go is not
 # installed here: Debian's is older than the 1.26 that franz-go needs.
 set -euo pipefail
+# shellcheck source=deploy/apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
 
 missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
@@ -11,9 +13,8 @@ command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} (the producer examples' tests)…"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${missing[@]}" >/dev/null
+    apt_get update -qq
+    apt_get install -y -qq --no-install-recommends "${missing[@]}"
   else
     echo "error: the producer examples' tests need ${missing[*]}" \
       "(Debian/Ubuntu: apt-get install ${missing[*]})" >&2

@@ -57,3 +57,45 @@ def test_present_prerequisites_pass_without_output(script: str) -> None:
         ["bash", str(REPO / "deploy" / script)], capture_output=True, text=True, timeout=60
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def run_apt_get(tmp_path: Path, fake: str) -> subprocess.CompletedProcess[str]:
+    """deploy/apt-install.sh's `apt_get update` against a stand-in apt-get (`fake`, a shell
+    script body), retrying without delay."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(f"#!/bin/sh\n{fake}\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    script = f'source "{REPO}/deploy/apt-install.sh"; apt_get update -qq && echo done'
+    return subprocess.run(
+        ["/bin/bash", "-c", script],
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "APT_RETRY_SECONDS": "0"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_apt_waits_while_another_apt_holds_its_lock(tmp_path: Path) -> None:
+    # Busy twice (as apt-get update says when another apt runs), then free.
+    busy = (
+        'n=$(cat tries 2>/dev/null || echo 0); echo $((n + 1)) > tries; [ "$n" -ge 2 ] && exit 0\n'
+        "echo 'E: Could not get lock /var/lib/apt/lists/lock. It is held by process 7 (apt-get)'"
+        " >&2; exit 100"
+    )
+    done = run_apt_get(tmp_path, busy)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "done\n"
+    assert (tmp_path / "tries").read_text().strip() == "3"
+    assert done.stderr == "apt is busy (another apt holds its lock); waiting…\n"
+
+
+def test_any_other_apt_failure_is_reported_at_once_in_apts_words(tmp_path: Path) -> None:
+    failing = "echo tried >> tries; echo 'E: Unable to locate package nope' >&2; exit 100"
+    failed = run_apt_get(tmp_path, failing)
+    assert failed.returncode == 1
+    assert failed.stdout == ""
+    assert failed.stderr == "E: Unable to locate package nope\n"
+    assert (tmp_path / "tries").read_text() == "tried\n"
