@@ -132,7 +132,7 @@ def test_bad_memory_settings_are_refused_in_one_line(
     settings: dict[str, int], message: str
 ) -> None:
     with pytest.raises(MemoryBankError) as caught:
-        MemorySettings(**settings)
+        MemorySettings(codes=settings.get("codes", 1), k=settings.get("k", 1))
     assert str(caught.value) == message
     with pytest.raises(OptionError) as again:
         TrainOptions(**{f"memory_{'size' if 'codes' in settings else 'k'}": 0})  # type: ignore[arg-type]
@@ -233,6 +233,11 @@ def test_memory_and_combined_are_chosen_like_any_metric(
         Settings()
 
 
+def first_two(pixels: torch.Tensor) -> torch.Tensor:
+    """A stand-in encoder: two of the three coordinates."""
+    return pixels[:, :2]
+
+
 def halves(pixels: torch.Tensor) -> torch.Tensor:
     """A stand-in first layer: each point's coordinates, doubled."""
     return 2.0 * pixels
@@ -240,7 +245,7 @@ def halves(pixels: torch.Tensor) -> torch.Tensor:
 
 def test_a_bank_with_first_layers_measures_the_geometric_mean_of_both_distances() -> None:
     train, probe = points(120, 1), points(40, 2) * 2.0
-    code = lambda pixels: pixels[:, :2]  # noqa: E731 - a stand-in encoder: two of three coords
+    code = first_two
     settings = MemorySettings(codes=60, features="code+first-layer")
     bank = fit_memory(code, darkness, train, None, settings, first_layer=halves)
     assert bank.info.features == "code+first-layer" and bank.first_bank is not None
