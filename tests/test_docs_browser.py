@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import pytest
 import yaml
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -109,19 +110,28 @@ def test_search_finds_the_runbooks_on_the_operations_page(
     wait(browser, lambda b: box.is_displayed())
     box.send_keys("PixelwatchDeadLetters")
 
+    # The results list is rendered again as the search settles: read it in one script, so
+    # that no element read can go stale between finding and reading it.
     def results(b: WebDriver) -> list[str]:
-        found = b.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
-        return [a.get_attribute("href") or "" for a in found]
+        hrefs: list[str] = b.execute_script(
+            "return [...document.querySelectorAll('.md-search-result__item a')].map(a => a.href)"
+        )
+        return hrefs
 
     hrefs = wait(browser, results, timeout=60)
     assert any("operations/#pixelwatchdeadletters" in h for h in hrefs), hrefs
     screenshot(browser, "search", tmp_path)
-    first = next(
-        a
-        for a in browser.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
-        if "operations/" in (a.get_attribute("href") or "")
-    )
-    first.click()
+
+    def open_operations(b: WebDriver) -> bool:
+        try:
+            found = b.find_elements(By.CSS_SELECTOR, ".md-search-result__item a")
+            first = next(a for a in found if "operations/" in (a.get_attribute("href") or ""))
+            first.click()
+        except StaleElementReferenceException:
+            return False  # rendered again meanwhile: find it anew
+        return True
+
+    wait(browser, open_operations)
     wait(browser, lambda b: "/operations/" in b.current_url)
     assert browser.find_element(By.CSS_SELECTOR, "article h1").text == "Operations"
 
