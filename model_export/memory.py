@@ -38,7 +38,7 @@ then repeatedly add the code farthest from those chosen; deterministic for a see
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, get_args
+from typing import Final, get_args
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from torch import nn
 
 from model_export.calibrate import DEFAULT_THRESHOLD
 from service.errors import PixelwatchError
-from service.scoring.model import MemoryInfo
+from service.scoring.model import MemoryFeatures, MemoryInfo
 
 DEFAULT_CODES: Final = 1024  # codes stored at most; the cost table in docs/benchmarks.md shows why
 DEFAULT_K: Final = 1
@@ -59,7 +59,6 @@ _MEMORY_AT_THRESHOLD: Final = 1.0 / DEFAULT_THRESHOLD - 1.0
 _SQUASH_AT_THRESHOLD: Final = -(2.0 * DEFAULT_THRESHOLD - 1.0) / (2.0 - 2.0 * DEFAULT_THRESHOLD)
 _CHUNK: Final = 4096  # rows per distance block while fitting (bounds the memory used)
 
-MemoryFeatures = Literal["code", "code+first-layer"]
 MEMORY_FEATURES: Final[tuple[MemoryFeatures, ...]] = get_args(MemoryFeatures)
 
 Encode = Callable[[torch.Tensor], torch.Tensor]

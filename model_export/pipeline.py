@@ -44,7 +44,6 @@ from model_export.memory import (
     DEFAULT_CODES,
     DEFAULT_K,
     MEMORY_FEATURES,
-    MemoryFeatures,
     MemorySettings,
 )
 from model_export.reference import with_reference
@@ -61,7 +60,7 @@ from model_export.scaling import (
 from model_export.train import FitSettings, Trained, train
 from service.errors import InputError, PixelwatchError
 from service.scoring.images import ImageSet, ImageShape, Pixels, read_images
-from service.scoring.model import FORMAT_VERSION, Mode, ModelMetadata, load_model
+from service.scoring.model import FORMAT_VERSION, MemoryFeatures, Mode, ModelMetadata, load_model
 from service.scoring.similarity import METRICS, MetricName
 
 log = logging.getLogger(__name__)

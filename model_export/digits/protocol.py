@@ -42,12 +42,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from model_export.architectures import ARCHITECTURES
 from model_export.digits.baselines import BASELINES
 from model_export.export import scoring_graph
-from model_export.memory import DEFAULT_CODES, MemoryFeatures, MemorySettings
+from model_export.memory import DEFAULT_CODES, MemorySettings
 from model_export.train import FitSettings, one_thread, train
 from service.errors import PixelwatchError
 from service.progress import progress_bar
 from service.scoring.images import ImageShape, Pixels
-from service.scoring.model import Mode, load_model
+from service.scoring.model import MemoryFeatures, Mode, load_model
 from service.scoring.similarity import METRICS, RANKED_METRICS, MetricName
 
 SHAPE: Final = ImageShape(8, 8)  # scikit-learn's digits, as bundled

@@ -41,6 +41,8 @@ INPUT_NAME: Final = "pixels"
 RECONSTRUCTION: Final = "reconstruction"
 
 Mode = Literal["binary", "gray"]
+# What a memory bank stores of each image (train --memory-features).
+MemoryFeatures = Literal["code", "code+first-layer"]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -69,7 +71,7 @@ class MemoryInfo(BaseModel):
     memory_mean: Finite  # of memory similarity on the calibration images
     memory_spread: Positive
     offset: Finite  # combined = squash(mean standardised score - offset)
-    features: Literal["code", "code+first-layer"] = Field(
+    features: MemoryFeatures = Field(
         default="code",
         description="what the bank stores of each image: its code, or its code and the "
         "encoder's first layer (distance: the geometric mean of the two)",
